@@ -1,0 +1,39 @@
+"""The root of corral's error tree.
+
+Every component has one base class below :class:`CorralError`; leaves carry the data a caller
+needs (tenant, index, key id). Errors caused by bad input also subclass :class:`ValueError`, so
+code that knows nothing of corral still catches them::
+
+    CorralError
+    ├── ConfigError                (a setting is missing or wrong)
+    ├── AuditError                 (corral.audit)
+    │   ├── NoteError (ValueError) (a malformed or unverifiable signed note)
+    │   ├── EntryError (ValueError)(an entry that does not fit its schema)
+    │   ├── StoreError             (the log's storage is unreadable or inconsistent)
+    │   ├── Pushback               (the sequencer is overloaded: try again later)
+    │   ├── AnchorError            (an anchor store refused or lost a write)
+    │   └── VerificationError      (a bundle item that does not check out)
+    └── CanonicalizationError (ValueError)
+"""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Base of every error corral raises on purpose."""
+
+    def diagnostics(self) -> str:
+        """Text for a person: what went wrong, in one or two lines."""
+        return str(self)
+
+
+class ConfigError(CorralError):
+    """A setting is missing, malformed or unsafe (e.g. a default secret)."""
+
+
+class AuditError(CorralError):
+    """Base of errors raised by :mod:`corral.audit`."""
+
+
+class CanonicalizationError(CorralError, ValueError):
+    """A value cannot be written as RFC 8785 canonical JSON."""
