@@ -35,5 +35,28 @@ class AuditError(CorralError):
     """Base of errors raised by :mod:`corral.audit`."""
 
 
+class StoreError(AuditError):
+    """The log's storage is unreadable or inconsistent, or refused a write."""
+
+
+class Pushback(AuditError):
+    """The sequencer is overloaded: nothing was queued, try again later.
+
+    HTTP front ends answer 503 with ``Retry-After: <retry_after_s>`` (tessera's ``ErrPushback``).
+    """
+
+    def __init__(self, tenant: str, pending: int, retry_after_s: float = 1.0) -> None:
+        super().__init__(
+            f"audit log of tenant {tenant!r} has {pending} appends queued; retry later"
+        )
+        self.tenant = tenant
+        self.pending = pending
+        self.retry_after_s = retry_after_s
+
+
+class AnchorError(AuditError):
+    """An anchor store refused or lost a write."""
+
+
 class CanonicalizationError(CorralError, ValueError):
     """A value cannot be written as RFC 8785 canonical JSON."""
