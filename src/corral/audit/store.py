@@ -1,0 +1,458 @@
+"""Storage of per-tenant audit logs through SQLAlchemy Core: SQLite (default) and PostgreSQL.
+
+Each tenant has one log, a Merkle tree of RFC 6962 leaves. The store keeps, per tenant:
+
+* ``audit_logs`` — the log's origin and size; the size is the fencing token of the single
+  writer (an append names the size it expects and changes nothing if another writer moved it);
+* ``audit_entries`` — the leaves (never changed once written) and whether one had a personal
+  payload; ``audit_personal`` — those payloads, kept apart so that erasing one (a data-deletion
+  request) deletes a row and leaves every leaf, proof and checkpoint unchanged;
+* ``audit_nodes`` — every complete subtree hash (level 0: leaf hashes), so that an append
+  writes O(log n) rows at worst (:class:`~corral.audit.merkle.CompactRange`) and a root,
+  inclusion or consistency proof for any size reads O(log n) rows by primary key in one query
+  (``merkle.*_plan`` says which, ``merkle.*_from_nodes`` folds them);
+* ``audit_checkpoints`` — signed c2sp.org/tlog-checkpoint notes.
+
+Durability: every write is one transaction. SQLite runs with ``journal_mode=WAL`` and
+``synchronous=FULL`` (each commit fsyncs the WAL); PostgreSQL commits with its default
+``synchronous_commit=on``. The sequencer (:mod:`corral.audit.log`) acknowledges an append only
+after :meth:`LogStore.append_batch` returned.
+
+>>> import tempfile
+>>> from corral.audit import merkle
+>>> store = LogStore.from_url(f"sqlite:///{tempfile.mkdtemp()}/audit.db")
+>>> store.create_schema()
+>>> tree = merkle.CompactRange()
+>>> nodes = [n for leaf in (b"a", b"b", b"c") for n in tree.append(merkle.leaf_hash(leaf))]
+>>> store.append_batch("t1", "corral.local/tenants/t1", 0, [(b"a", None), (b"b", None),
+...                    (b"c", b'{"data":{}}')], nodes)
+>>> store.log_size("t1"), store.root("t1", 3) == merkle.root([b"a", b"b", b"c"])
+(3, True)
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from corral.audit import merkle
+from corral.audit.merkle import NodeId
+from corral.core.errors import ConfigError, StoreError
+
+__all__ = ["LogStore", "StoreConflict", "StoreError", "StoredCheckpoint", "StoredEntry"]
+
+#: Node ids per SELECT: a proof plan is far below this (at most ~2 * 64), while a longer OR
+#: chain would approach SQLite's expression-depth limit of 1000.
+_NODES_PER_QUERY = 256
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreConflict(StoreError):
+    """Another writer moved the log: the append named a size that is no longer the log's.
+
+    Nothing of the append was written. The writer must reload the log before appending again.
+    """
+
+    def __init__(self, tenant: str, expected_size: int, actual_size: int) -> None:
+        super().__init__(
+            f"audit log of tenant {tenant!r} has size {actual_size}, not the expected "
+            f"{expected_size}: another writer appended (fenced off)"
+        )
+        self.tenant = tenant
+        self.expected_size = expected_size
+        self.actual_size = actual_size
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One leaf; ``personal`` is its payload, None if it never had one or it was ``erased``."""
+
+    seq: int
+    leaf: bytes
+    personal: bytes | None
+    erased: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint (``note``, a c2sp.org/signed-note) of the tree of ``size`` leaves."""
+
+    size: int
+    root: bytes
+    note: bytes
+    at: datetime
+
+
+class _UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes on both backends (SQLite keeps no offset: stored and read as UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("refusing a naive datetime: corral times are timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_metadata = sa.MetaData()
+_Tenant = sa.String(256)
+
+_logs = sa.Table(
+    "audit_logs",
+    _metadata,
+    sa.Column("tenant", _Tenant, primary_key=True),
+    sa.Column("origin", sa.String(1024), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+_entries = sa.Table(
+    "audit_entries",
+    _metadata,
+    sa.Column("tenant", _Tenant, sa.ForeignKey("audit_logs.tenant"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("leaf", sa.LargeBinary, nullable=False),
+    sa.Column("has_personal", sa.Boolean, nullable=False),
+)
+_personal = sa.Table(
+    "audit_personal",
+    _metadata,
+    sa.Column("tenant", _Tenant, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.ForeignKeyConstraint(["tenant", "seq"], ["audit_entries.tenant", "audit_entries.seq"]),
+)
+_nodes = sa.Table(
+    "audit_nodes",
+    _metadata,
+    sa.Column("tenant", _Tenant, sa.ForeignKey("audit_logs.tenant"), primary_key=True),
+    sa.Column("level", sa.SmallInteger, primary_key=True),
+    sa.Column("idx", sa.BigInteger, primary_key=True),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+)
+_checkpoints = sa.Table(
+    "audit_checkpoints",
+    _metadata,
+    sa.Column("tenant", _Tenant, sa.ForeignKey("audit_logs.tenant"), primary_key=True),
+    sa.Column("size", sa.BigInteger, primary_key=True),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.LargeBinary, nullable=False),
+    sa.Column("at", _UtcDateTime, nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Per connection: WAL + fsync on every commit (durable acks), FKs, wait on locks."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+class LogStore:
+    """All per-tenant logs in one database; safe to share between threads.
+
+    The store does no sequencing: it trusts the caller for leaf and node hashes, and only
+    guarantees that an append is all-or-nothing and lands exactly at the size it expected.
+    Database errors come out as :class:`StoreError` (the driver's error chained).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ConfigError(f"audit store supports SQLite and PostgreSQL, not {engine.url}")
+        self._engine = engine
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> LogStore:
+        """Open ``sqlite:///path`` (parent directory created) or ``postgresql+psycopg://...``.
+
+        ``schema`` (PostgreSQL only) puts the tables in that schema instead of the default one.
+        """
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:") or database.startswith("file:"):
+                raise ConfigError("the audit store needs an SQLite file: in memory is not durable")
+            if schema is not None:
+                raise ConfigError("schema= is for PostgreSQL; SQLite has one schema per file")
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(parsed)
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        elif parsed.get_backend_name() == "postgresql":
+            # pre_ping: a connection dropped by a server restart or failover is replaced on
+            # checkout instead of failing the next batch of appends.
+            engine = sa.create_engine(parsed, pool_pre_ping=True)
+            if schema is not None:
+                engine = engine.execution_options(schema_translate_map={None: schema})
+        else:
+            raise ConfigError(f"audit store supports SQLite and PostgreSQL, not {url!r}")
+        return cls(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def create_schema(self) -> None:
+        """Create the tables (and the PostgreSQL schema) if missing; safe to repeat."""
+        with self._write("create schema") as conn:
+            schema = conn.get_execution_options().get("schema_translate_map", {}).get(None)
+            if schema is not None:
+                conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
+            _metadata.create_all(conn)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"audit store: {what} failed: {exc}") from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"audit store: {what} failed: {exc}") from exc
+
+    def _insert_missing(self, table: sa.Table) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING``, the one statement the dialects spell apart."""
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    # ---------------------------------------------------------------------------- reads
+
+    def tenants(self) -> list[str]:
+        with self._read("list tenants") as conn:
+            return list(conn.scalars(sa.select(_logs.c.tenant).order_by(_logs.c.tenant)))
+
+    def log_size(self, tenant: str) -> int:
+        """The number of leaves in the tenant's log (0 if it has none yet)."""
+        with self._read("read log size") as conn:
+            size = conn.scalar(sa.select(_logs.c.size).where(_logs.c.tenant == tenant))
+        return int(size or 0)
+
+    def origin(self, tenant: str) -> str | None:
+        with self._read("read origin") as conn:
+            return conn.scalar(sa.select(_logs.c.origin).where(_logs.c.tenant == tenant))
+
+    def entries(self, tenant: str, start: int, end: int) -> list[StoredEntry]:
+        """Leaves ``start <= seq < end`` that exist, with their payloads, in order."""
+        e, p = _entries, _personal
+        query = (
+            sa.select(e.c.seq, e.c.leaf, e.c.has_personal, p.c.payload)
+            .select_from(e.outerjoin(p, sa.and_(p.c.tenant == e.c.tenant, p.c.seq == e.c.seq)))
+            .where(e.c.tenant == tenant, e.c.seq >= start, e.c.seq < end)
+            .order_by(e.c.seq)
+        )
+        with self._read("read entries") as conn:
+            rows = conn.execute(query).all()
+        return [
+            StoredEntry(row.seq, row.leaf, row.payload, row.has_personal and row.payload is None)
+            for row in rows
+        ]
+
+    def nodes(self, tenant: str, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
+        """The hashes of ``ids`` in one query (per 256 ids), by primary key.
+
+        Raises :class:`StoreError` naming the first missing node: a node that should exist
+        and does not means a size beyond the log or a damaged store.
+        """
+        found: dict[NodeId, bytes] = {}
+        wanted = list(dict.fromkeys(ids))
+        with self._read("read tree nodes") as conn:
+            for i in range(0, len(wanted), _NODES_PER_QUERY):
+                chunk = wanted[i : i + _NODES_PER_QUERY]
+                # One OR term per node, each naming the whole primary key: SQLite and
+                # PostgreSQL answer it with one index lookup per term. (SQLite scans the
+                # tenant's rows for a row-value IN list, or once the tenant is factored out.)
+                match = sa.or_(
+                    *(
+                        sa.and_(
+                            _nodes.c.tenant == tenant,
+                            _nodes.c.level == n.level,
+                            _nodes.c.idx == n.index,
+                        )
+                        for n in chunk
+                    )
+                )
+                query = sa.select(_nodes.c.level, _nodes.c.idx, _nodes.c.hash).where(match)
+                for row in conn.execute(query):
+                    found[NodeId(row.level, row.idx)] = row.hash
+        for node in wanted:
+            if node not in found:
+                raise StoreError(
+                    f"audit log of tenant {tenant!r} has no tree node (level {node.level}, "
+                    f"index {node.index}): a size beyond the log, or a damaged store"
+                )
+        return found
+
+    def checkpoints(
+        self, tenant: str, after_size: int = 0, limit: int | None = None
+    ) -> list[StoredCheckpoint]:
+        """Checkpoints of sizes above ``after_size``, smallest first."""
+        query = (
+            sa.select(_checkpoints)
+            .where(_checkpoints.c.tenant == tenant, _checkpoints.c.size > after_size)
+            .order_by(_checkpoints.c.size)
+            .limit(limit)
+        )
+        with self._read("read checkpoints") as conn:
+            rows = conn.execute(query).all()
+        return [StoredCheckpoint(r.size, r.root, r.note, r.at) for r in rows]
+
+    def latest_checkpoint(self, tenant: str) -> StoredCheckpoint | None:
+        query = (
+            sa.select(_checkpoints)
+            .where(_checkpoints.c.tenant == tenant)
+            .order_by(_checkpoints.c.size.desc())
+            .limit(1)
+        )
+        with self._read("read latest checkpoint") as conn:
+            row = conn.execute(query).first()
+        return None if row is None else StoredCheckpoint(row.size, row.root, row.note, row.at)
+
+    # --------------------------------------------------------------------------- writes
+
+    def append_batch(
+        self,
+        tenant: str,
+        origin: str,
+        expected_size: int,
+        leaves: Sequence[tuple[bytes, bytes | None]],
+        nodes: Sequence[tuple[NodeId, bytes]],
+    ) -> None:
+        """Append ``leaves`` (leaf bytes, personal payload or None) at ``expected_size``.
+
+        One transaction: creates the log on first use, moves its size from ``expected_size``
+        with a conditional UPDATE (the fence), then inserts entries, payloads and the new tree
+        ``nodes``. Raises :class:`StoreConflict` and writes nothing if the log's size is not
+        ``expected_size``; an empty ``leaves`` only creates the log and checks the size.
+        """
+        new_size = expected_size + len(leaves)
+        with self._write(f"append to the log of tenant {tenant!r}") as conn:
+            conn.execute(self._insert_missing(_logs).values(tenant=tenant, origin=origin, size=0))
+            moved = conn.execute(
+                sa.update(_logs)
+                .where(
+                    _logs.c.tenant == tenant,
+                    _logs.c.size == expected_size,
+                    _logs.c.origin == origin,
+                )
+                .values(size=new_size)
+            )
+            if moved.rowcount != 1:
+                row = conn.execute(sa.select(_logs).where(_logs.c.tenant == tenant)).one()
+                if row.origin != origin:
+                    raise StoreError(
+                        f"audit log of tenant {tenant!r} has origin {row.origin!r}, not {origin!r}"
+                    )
+                raise StoreConflict(tenant, expected_size, int(row.size))
+            if leaves:
+                conn.execute(
+                    sa.insert(_entries),
+                    [
+                        {
+                            "tenant": tenant,
+                            "seq": expected_size + i,
+                            "leaf": leaf,
+                            "has_personal": payload is not None,
+                        }
+                        for i, (leaf, payload) in enumerate(leaves)
+                    ],
+                )
+            payloads = [
+                {"tenant": tenant, "seq": expected_size + i, "payload": payload}
+                for i, (_, payload) in enumerate(leaves)
+                if payload is not None
+            ]
+            if payloads:
+                conn.execute(sa.insert(_personal), payloads)
+            if nodes:
+                conn.execute(
+                    sa.insert(_nodes),
+                    [
+                        {"tenant": tenant, "level": n.level, "idx": n.index, "hash": h}
+                        for n, h in nodes
+                    ],
+                )
+
+    def add_checkpoint(
+        self, tenant: str, size: int, root: bytes, note: bytes, at: datetime
+    ) -> None:
+        """Store a signed checkpoint; one already stored for ``size`` is kept as it is.
+
+        Raises :class:`StoreError` if the log is shorter than ``size`` (or does not exist).
+        """
+        with self._write(f"add a checkpoint to the log of tenant {tenant!r}") as conn:
+            log_size = conn.scalar(sa.select(_logs.c.size).where(_logs.c.tenant == tenant))
+            if log_size is None or log_size < size:
+                raise StoreError(
+                    f"checkpoint of size {size} for tenant {tenant!r}, whose log has "
+                    f"{log_size or 0} leaves"
+                )
+            conn.execute(
+                self._insert_missing(_checkpoints).values(
+                    tenant=tenant, size=size, root=root, note=note, at=at
+                )
+            )
+
+    def erase_personal(self, tenant: str, seq: int) -> bool:
+        """Delete entry ``seq``'s personal payload; False if there was none (left or ever).
+
+        The leaf (which holds only a salted commitment) stays, so proofs do not change.
+        """
+        with self._write(f"erase payload {seq} of tenant {tenant!r}") as conn:
+            deleted = conn.execute(
+                sa.delete(_personal).where(_personal.c.tenant == tenant, _personal.c.seq == seq)
+            )
+        return bool(deleted.rowcount)
+
+    # ----------------------------------------------------------- proofs: plan, one read, fold
+
+    def root(self, tenant: str, size: int) -> bytes:
+        """RFC 6962 §2.1 ``MTH`` of the first ``size`` leaves of the tenant's log."""
+        return merkle.root_from_nodes(size, self.nodes(tenant, merkle.root_plan(size)))
+
+    def inclusion_proof(self, tenant: str, index: int, size: int) -> list[bytes]:
+        """RFC 6962 §2.1.1 audit path for leaf ``index`` in the tree of ``size`` leaves.
+
+        Requires ``0 <= index < size <= log size`` (``ValueError`` / :class:`StoreError`).
+        """
+        plan = merkle.inclusion_plan(index, size)
+        return merkle.inclusion_proof_from_nodes(index, size, self.nodes(tenant, plan))
+
+    def consistency_proof(self, tenant: str, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 6962 §2.1.2 proof that the tree of ``old_size`` leaves prefixes ``new_size``'s.
+
+        Requires ``0 <= old_size <= new_size <= log size``; empty if there is nothing to prove.
+        """
+        plan = merkle.consistency_plan(old_size, new_size)
+        nodes = self.nodes(tenant, plan)
+        return merkle.consistency_proof_from_nodes(old_size, new_size, nodes)
