@@ -103,3 +103,38 @@ def test_canonical_form_is_a_fixed_point(value: Any) -> None:
     once = canonicalize(value)
     assert canonicalize(loads_strict(once)) == once
     assert b"\n" not in once
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(any_json)
+def test_fast_path_agrees_with_rfc8785(value: Any) -> None:
+    """The json.dumps fast path (no floats, ASCII keys) must be byte-identical to rfc8785."""
+    import rfc8785
+
+    try:
+        want: bytes | None = bytes(rfc8785.dumps(value))
+    except (ValueError, TypeError, UnicodeError):
+        want = None
+    if want is None:
+        with pytest.raises(CanonicalizationError):
+            canonicalize(value)
+    else:
+        assert canonicalize(value) == want
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"é": 1, "e": 2}, {"\U00010000": 1, "\ufffd": 2}, {"a": 1.0}, {"a": '\x1f\u2028"\\'}],
+    ids=["non-ascii-key", "astral-key", "float", "escapes"],
+)
+def test_fast_path_edges(value: Any) -> None:
+    import rfc8785
+
+    assert canonicalize(value) == bytes(rfc8785.dumps(value))

@@ -10,6 +10,7 @@ b'{"a":"\xe2\x82\xac","b":[1,2,null]}'
 
 from __future__ import annotations
 
+import json as _json
 from typing import Any
 
 import rfc8785
@@ -21,6 +22,34 @@ __all__ = ["canonicalize", "loads_strict"]
 _MAX_SAFE = 2**53 - 1
 
 
+def _plain(obj: Any) -> bool:
+    """True if the standard library's JSON encoder already writes ``obj`` as RFC 8785 does.
+
+    Audit leaves are hashed on every append, and ``rfc8785`` (pure Python) costs ~5x more than
+    ``json.dumps``. The two agree byte for byte when the value has no floats (ES6 number
+    formatting is the hard part of JCS), integers are within 2**53, and every object key is ASCII
+    (then code-point order, which ``sort_keys`` uses, is UTF-16 order); their string escaping is
+    the same. Anything else takes the ``rfc8785`` path. A property test checks the equivalence.
+    """
+    stack = [obj]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is dict:
+            for key in value:
+                if type(key) is not str or not key.isascii():
+                    return False
+            extend(value.values())
+        elif kind is list or kind is tuple:
+            extend(value)
+        elif kind is not int or not -_MAX_SAFE <= value <= _MAX_SAFE:
+            return False
+    return True
+
+
 def canonicalize(obj: Any) -> bytes:
     """Return the RFC 8785 canonical UTF-8 bytes of a JSON value.
 
@@ -28,6 +57,13 @@ def canonicalize(obj: Any) -> bytes:
     :class:`CanonicalizationError` (a ``ValueError``) for anything else, for integers outside
     the I-JSON range (|n| > 2**53 - 1), for NaN and infinities, and for lone surrogates.
     """
+    if _plain(obj):
+        try:
+            return _json.dumps(
+                obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")
+            ).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let rfc8785 report it
     try:
         return bytes(rfc8785.dumps(obj))
     except rfc8785.CanonicalizationError as exc:
@@ -42,8 +78,6 @@ def loads_strict(data: bytes | str) -> Any:
     JCS is only well defined on I-JSON (RFC 7493): a duplicate key would make two different
     documents canonicalize to the same bytes, so we reject it instead of keeping the last one.
     """
-    import json
-
     def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
@@ -61,8 +95,10 @@ def loads_strict(data: bytes | str) -> Any:
         return value if abs(value) <= _MAX_SAFE else float(value)
 
     try:
-        return json.loads(
+        return _json.loads(
             data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_int
         )
-    except json.JSONDecodeError as exc:
+    except _json.JSONDecodeError as exc:
         raise CanonicalizationError(f"malformed JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CanonicalizationError(f"JSON is not UTF-8: {exc}") from exc
