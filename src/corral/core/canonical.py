@@ -78,6 +78,7 @@ def loads_strict(data: bytes | str) -> Any:
     JCS is only well defined on I-JSON (RFC 7493): a duplicate key would make two different
     documents canonicalize to the same bytes, so we reject it instead of keeping the last one.
     """
+
     def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:

@@ -1,0 +1,53 @@
+"""The ``corral`` command: a typer app, one module per command group.
+
+Each command parses its options, calls one library function and renders through the one
+console of :mod:`corral.cli._console`; failures print one line to stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from corral import __version__
+from corral.cli import _audit
+from corral.cli._console import App
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="corral",
+    help="Run a fleet of AI agents on a small business's real accounts, safely.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(_audit.app, name="audit")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"corral {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML settings file", dir_okay=False)
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="where corral keeps its state")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print version")
+    ] = False,
+) -> None:
+    ctx.obj = App(config=config, data_dir=data_dir)
+
+
+def main() -> None:
+    app()
