@@ -173,6 +173,7 @@ def test_concurrent_appends_share_commits(store: LogStore) -> None:
         ("payload unexpected", "commits to no personal payload"),
         ("tenant id with space", "cannot name a log"),
         ("tenant id with slash", "cannot name a log"),
+        ("tenant id of the anchor log", "cannot name a log"),
     ],
 )
 def test_bad_entries_are_rejected_and_nothing_is_written(
@@ -189,11 +190,14 @@ def test_bad_entries_are_rejected_and_nothing_is_written(
         "payload unexpected": (plain, payload),
         "tenant id with space": (plain, None),
         "tenant id with slash": (plain, None),
+        "tenant id of the anchor log": (plain, None),
     }
     if mutation == "tenant id with space":
         tenant = "bright smile"
     elif mutation == "tenant id with slash":
         tenant = "bright/smile"
+    elif mutation == "tenant id of the anchor log":
+        tenant = "~anchors"
     entry, personal = cases[mutation]
     with _sequencer(store) as sequencer:
         with pytest.raises(entries.EntryError, match=message):

@@ -10,13 +10,12 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from corral.audit.log import Sequencer
-
 from corral.audit.anchor import Anchorer
 from corral.audit.anchor_store import AnchorStore, open_anchor_store
 from corral.audit.bundle import Manifest
 from corral.audit.export import export_bundle
 from corral.audit.keys import AuditKeys, log_origin
+from corral.audit.log import Sequencer
 from corral.audit.store import LogStore
 from corral.core.clock import Clock
 from corral.core.settings import Settings

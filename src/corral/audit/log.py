@@ -74,11 +74,11 @@ from corral.audit.entries import EntryError, KnownEntry, PersonalPayload
 from corral.audit.store import LogStore, StoredCheckpoint
 from corral.core.clock import Clock
 from corral.core.errors import AuditError, ConfigError, Pushback
+from corral.core.ids import check_id
 
 __all__ = ["Pushback", "Sequencer"]
 
 _logger = logging.getLogger(__name__)
-_MAX_TENANT_LENGTH = 256  # the store's column
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,10 +304,12 @@ class _Writer:
 
 
 def _check_tenant(tenant: str) -> None:
-    if not (0 < len(tenant) <= _MAX_TENANT_LENGTH and tenant.isprintable()) or any(
-        c.isspace() or c in "+/" for c in tenant
-    ):
-        raise EntryError(f"tenant id {tenant!r} cannot name a log: printable, no space, + or /")
+    """Tenant ids follow :func:`corral.core.ids.check_id`; in particular none starts with ``~``,
+    which keeps them apart from the anchor log's store key."""
+    try:
+        check_id(tenant, "tenant id")
+    except ValueError as exc:
+        raise EntryError(f"{exc}: it cannot name a log") from exc
 
 
 class Sequencer:
