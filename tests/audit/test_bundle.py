@@ -302,3 +302,23 @@ def test_any_flipped_bit_is_detected(
             verify_bundle(target)
     finally:
         shutil.rmtree(target)
+
+
+@pytest.fixture(name="parallel")
+def parallel_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify entries in worker processes, 7 lines at a time, even for a small bundle."""
+    from corral.audit import verify
+
+    monkeypatch.setattr(verify, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(verify, "_CHUNK_LINES", 7)
+
+
+@pytest.mark.usefixtures("parallel")
+def test_parallel_verification_agrees_with_the_serial_one(bundle: Path, copy: Path) -> None:
+    from corral.audit import verify
+
+    report = verify_bundle(bundle)
+    assert (report.entries, report.erased, report.anchors) == (38, 1, 3)
+    _edit(copy / "entries.jsonl", lambda objs: objs[:23] + objs[24:])
+    _fails(copy, "entry 23:", "missing or out of order", "holds seq 24")
+    assert verify.PARALLEL_FROM == 0

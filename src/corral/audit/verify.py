@@ -21,9 +21,15 @@ millions of entries.
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import itertools
-from collections.abc import Sequence
+import multiprocessing
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from corral.audit.bundle import (
     CHECKPOINTS,
     CONSISTENCY,
     ENTRIES,
+    FIELDS,
     PERSONAL,
     BundleError,
     Manifest,
@@ -43,7 +50,7 @@ from corral.audit.bundle import (
 )
 from corral.audit.entries import EntryError, PersonalPayload, UnknownEntry, parse_entry
 from corral.audit.keys import anchor_origin, log_origin
-from corral.core.canonical import canonicalize
+from corral.core.canonical import loads_strict
 from corral.core.errors import AuditError, CanonicalizationError
 
 __all__ = ["Report", "VerificationError", "verify_bundle"]
@@ -100,6 +107,97 @@ def _pre_scan_sizes(bundle: Path) -> set[int]:
     return sizes
 
 
+#: An ``entries.jsonl`` line as export writes it: the leaf's own text between a fixed head and
+#: tail, so a verifier reads the leaf bytes without re-serializing them.
+_ENTRY_LINE = re.compile(
+    rb'\{"entry":(.*),"hash":"([A-Za-z0-9+/]{43}=)","seq":(0|[1-9][0-9]{0,18})\}\n?', re.DOTALL
+)
+_CHUNK_LINES = 20_000
+PARALLEL_FROM = 200_000  #: entries from which step 2 runs on every core
+
+
+@dataclass
+class _Chunk:
+    """What step 2 learned from a run of consecutive entry lines."""
+
+    hashes: list[bytes]
+    commitments: dict[int, str]
+    notes: list[str]
+    error: tuple[str, str] | None = None
+
+
+def _check_entry_lines(first_seq: int, lines: list[bytes], tenant: str) -> _Chunk:
+    """Step 2 for consecutive lines: pure, so chunks can run in worker processes."""
+    chunk = _Chunk([], {}, [])
+    for offset, line in enumerate(lines):
+        seq = first_seq + offset
+        item = f"entry {seq}"
+        match = _ENTRY_LINE.fullmatch(line)
+        if match is None or int(match[3]) != seq:
+            chunk.error = (item, _bad_line(line, seq + 1))
+            return chunk
+        leaf, recorded = match[1], base64.b64decode(match[2])
+        if merkle.leaf_hash(leaf) != recorded:
+            chunk.error = (item, "content does not match its recorded leaf hash")
+            return chunk
+        try:
+            entry = parse_entry(leaf)
+        except EntryError as exc:
+            chunk.error = (item, str(exc))
+            return chunk
+        if isinstance(entry, UnknownEntry):
+            chunk.notes.append(f"{item}: kind {entry.kind!r} v{entry.v} not known to this build")
+        elif entry.tenant != tenant:
+            chunk.error = (item, f"belongs to tenant {entry.tenant!r}")
+            return chunk
+        elif entry.personal is not None:
+            chunk.commitments[seq] = entry.personal
+        chunk.hashes.append(recorded)
+    return chunk
+
+
+def _bad_line(line: bytes, number: int) -> str:
+    """Why an entry line is not in the form export writes, as precisely as can be said."""
+    try:
+        obj = loads_strict(line)
+    except CanonicalizationError as exc:
+        return f"line {number} is not JSON: {exc}"
+    if not isinstance(obj, dict) or obj.keys() != FIELDS[ENTRIES]:
+        return f"line {number} does not have the fields {sorted(FIELDS[ENTRIES])}"
+    if obj["seq"] != number - 1:
+        return f"missing or out of order: line {number} holds seq {obj['seq']!r}"
+    return f"line {number} is not in canonical form"
+
+
+def _entry_chunks(bundle: Path) -> Iterator[tuple[int, list[bytes]]]:
+    path = bundle / ENTRIES
+    if not path.is_file():
+        raise BundleError(f"{ENTRIES}: missing from the bundle")
+    with path.open("rb") as lines:
+        seq = 0
+        while chunk := list(itertools.islice(lines, _CHUNK_LINES)):
+            yield seq, chunk
+            seq += len(chunk)
+
+
+def _checked_chunks(bundle: Path, tenant: str, parallel: bool) -> Iterator[_Chunk]:
+    """Step 2's chunks in order; on every core when ``parallel`` (at most 2 per worker queued)."""
+    if not parallel:
+        for seq, lines in _entry_chunks(bundle):
+            yield _check_entry_lines(seq, lines, tenant)
+        return
+    workers = os.cpu_count() or 1
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
+    with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        pending: collections.deque[Future[_Chunk]] = collections.deque()
+        for seq, lines in _entry_chunks(bundle):
+            pending.append(pool.submit(_check_entry_lines, seq, lines, tenant))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _check_entries(
     bundle: Path, manifest: Manifest, wanted: set[int], report: Report
 ) -> tuple[dict[int, bytes], dict[int, str]]:
@@ -107,35 +205,16 @@ def _check_entries(
     tree = merkle.CompactRange()
     roots = {0: merkle.EMPTY_ROOT}
     commitments: dict[int, str] = {}
-    for number, obj in read_jsonl(bundle, ENTRIES):
-        seq = tree.size
-        item = f"entry {seq}"
-        if obj.get("seq") != seq:
-            found = obj.get("seq")
-            raise VerificationError(
-                item, f"missing or out of order: line {number} holds seq {found!r}"
-            )
-        try:
-            leaf = canonicalize(obj.get("entry"))
-        except CanonicalizationError as exc:
-            raise VerificationError(item, f"not JSON: {exc}") from exc
-        recorded = unb64(obj.get("hash"), item)
-        if merkle.leaf_hash(leaf) != recorded:
-            raise VerificationError(item, "content does not match its recorded leaf hash")
-        try:
-            entry = parse_entry(leaf)
-        except EntryError as exc:
-            raise VerificationError(item, str(exc)) from exc
-        if not isinstance(entry, UnknownEntry):
-            if entry.tenant != manifest.tenant:
-                raise VerificationError(item, f"belongs to tenant {entry.tenant!r}")
-            if entry.personal is not None:
-                commitments[seq] = entry.personal
-        else:
-            report.notes.append(f"{item}: kind {entry.kind!r} v{entry.v} not known to this build")
-        tree.append(recorded)
-        if tree.size in wanted:
-            roots[tree.size] = tree.root()
+    parallel = manifest.size >= PARALLEL_FROM
+    for chunk in _checked_chunks(bundle, manifest.tenant, parallel):
+        for recorded in chunk.hashes:
+            tree.append(recorded)
+            if tree.size in wanted:
+                roots[tree.size] = tree.root()
+        commitments.update(chunk.commitments)
+        report.notes.extend(chunk.notes)
+        if chunk.error is not None:
+            raise VerificationError(*chunk.error)
     report.entries = tree.size
     report.root = tree.root()
     roots[tree.size] = report.root
