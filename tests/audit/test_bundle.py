@@ -193,7 +193,7 @@ def _resign_truncated(bundle: Path, keep: int, replace_key: bool) -> str:
     manifest["size"] = keep
     if replace_key:
         manifest["log_key"] = vkey
-    (bundle / "bundle.json").write_bytes(canonicalize(manifest))
+    (bundle / "bundle.json").write_bytes(canonicalize(manifest) + b"\n")
     return vkey
 
 
@@ -260,7 +260,7 @@ def test_unsigned_tail(copy: Path) -> None:
     _edit(copy / "entries.jsonl", extend)
     manifest = json.loads((copy / "bundle.json").read_text())
     manifest["size"] += 1
-    (copy / "bundle.json").write_bytes(canonicalize(manifest))
+    (copy / "bundle.json").write_bytes(canonicalize(manifest) + b"\n")
     _fails(copy, "entry 38:", "not covered by any signed checkpoint")
 
 

@@ -154,3 +154,16 @@ def test_any_arguments_round_trip(args: dict[str, Any]) -> None:
 def test_parse_entry_never_raises_anything_but_entry_error(data: bytes) -> None:
     with contextlib.suppress(EntryError):
         parse_entry(data)
+
+
+def test_a_payload_spelled_another_way_is_refused() -> None:
+    payload = PersonalPayload(salt=b"\x01" * 32, data={"args": {"to": "+15550101234"}})
+    raw = json.loads(payload.to_bytes())
+    salt = raw["salt"]  # 32 bytes: 44 characters, the last before "=" has 2 unused bits
+    raw["salt"] = salt[:42] + chr(ord(salt[42]) + 1) + "="
+    respelled = canonicalize(raw)
+    assert PersonalPayload(salt=b"\x01" * 32, data={}).salt == b"\x01" * 32
+    with pytest.raises(EntryError, match="not in canonical form"):
+        PersonalPayload.from_bytes(respelled)
+    with pytest.raises(EntryError, match="not in canonical form"):
+        PersonalPayload.from_bytes(payload.to_bytes().replace(b'{"data"', b'{ "data"'))

@@ -51,8 +51,7 @@ _nodes = sa.Table(
     "audit_nodes",
     _metadata,
     sa.Column("tenant", sa.String),
-    sa.Column("level", sa.SmallInteger),
-    sa.Column("idx", sa.BigInteger),
+    sa.Column("node", sa.BigInteger),  # (level << 56) | index
     sa.Column("hash", sa.LargeBinary),
 )
 _personal = sa.Table(
@@ -226,9 +225,7 @@ def test_a_changed_node_hash_is_reported_as_tree_nodes(
 ) -> None:
     with store.engine.begin() as conn:
         done = conn.execute(
-            sa.update(_nodes).where(
-                _nodes.c.tenant == T, _nodes.c.level == level, _nodes.c.idx == index
-            ),
+            sa.update(_nodes).where(_nodes.c.tenant == T, _nodes.c.node == (level << 56) | index),
             {"hash": bytes(32)},
         )
     assert done.rowcount == 1, f"setup: no node (level {level}, index {index})"

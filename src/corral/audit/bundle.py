@@ -62,9 +62,12 @@ def unb64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise BundleError(f"{what}: expected base64 text")
     try:
-        return base64.b64decode(text, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise BundleError(f"{what}: bad base64") from exc
+    if b64(raw) != text:  # unused padding bits set: another spelling of the same bytes
+        raise BundleError(f"{what}: base64 is not in canonical form")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -204,10 +207,20 @@ def read_manifest(bundle: Path) -> Manifest:
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest (is this a bundle directory?)")
+    raw = path.read_bytes()
     try:
-        return Manifest.from_json(loads_strict(path.read_bytes()))
+        obj = loads_strict(raw)
+        canonical = canonicalize(obj) + b"\n"
     except CanonicalizationError as exc:
         raise BundleError(f"{MANIFEST}: {exc}") from exc
+    if canonical != raw:
+        raise BundleError(f"{MANIFEST}: not in canonical form")
+    manifest = Manifest.from_json(obj)
+    if obj.keys() != manifest.to_json().keys():
+        raise BundleError(
+            f"{MANIFEST}: fields {sorted(obj)}, expected {sorted(manifest.to_json())}"
+        )
+    return manifest
 
 
 #: The fields of each file's lines: exactly these, so that nothing unchecked rides along.

@@ -422,11 +422,15 @@ class PersonalPayload(_Model):
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> PersonalPayload:
+        """Parse :meth:`to_bytes` output; any other spelling of the same payload is refused."""
         try:
             obj = loads_strict(raw)
-            return cls(salt=base64.b64decode(obj["salt"], validate=True), data=obj["data"])
+            payload = cls(salt=base64.b64decode(obj["salt"], validate=True), data=obj["data"])
         except (CanonicalizationError, KeyError, TypeError, ValueError) as exc:
             raise EntryError(f"personal payload is malformed: {exc}") from exc
+        if payload.to_bytes() != raw:
+            raise EntryError("personal payload is malformed: not in canonical form")
+        return payload
 
 
 def seal(

@@ -137,6 +137,9 @@ def _check_entry_lines(first_seq: int, lines: list[bytes], tenant: str) -> _Chun
             chunk.error = (item, _bad_line(line, seq + 1))
             return chunk
         leaf, recorded = match[1], base64.b64decode(match[2])
+        if base64.b64encode(recorded) != match[2]:
+            chunk.error = (item, "its leaf hash is not canonical base64")
+            return chunk
         if merkle.leaf_hash(leaf) != recorded:
             chunk.error = (item, "content does not match its recorded leaf hash")
             return chunk
