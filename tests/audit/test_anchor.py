@@ -24,8 +24,8 @@ from corral.audit.log import Sequencer
 from corral.audit.store import LogStore, StoredCheckpoint
 from corral.core.clock import ManualClock
 from corral.core.errors import AuditError
+from tests import dynalite
 from tests.audit import _backends as b
-from tests.audit import dynalite
 from tests.audit._backends import store_fixture, store_url_fixture  # noqa: F401 (fixtures)
 
 D = b.DEPLOYMENT
@@ -313,3 +313,34 @@ def test_a_different_anchor_already_stored_at_the_size_fails_the_round(
     with pytest.raises(AuditError, match="already holds a different anchor at size 2"):
         anchorer.anchor_now()
     assert anchors.list(D) == [plant], "the planted anchor was changed"
+
+
+def test_the_chain_anchors_on_its_own_every_interval(tmp_path: Path) -> None:
+    import time
+
+    from corral.audit.chain import AuditChain
+    from corral.audit.demo import demo_day
+    from corral.core.clock import SystemClock
+
+    store = LogStore.from_url(f"sqlite:///{tmp_path / 'audit.db'}")
+    store.create_schema()
+    anchors = LocalAnchorStore(tmp_path / "anchors.db")
+    chain = AuditChain(
+        deployment="corral.test",
+        store=store,
+        keys=AuditKeys(bytes(32)),
+        anchors=anchors,
+        clock=SystemClock(),
+        checkpoint_interval_s=0.05,
+        anchor_interval_s=0.1,
+    )
+    with chain:
+        entry, payload = next(iter(demo_day()))
+        chain.sequencer.append("brightsmile", entry, payload)
+        chain.start_anchoring()
+        deadline = time.monotonic() + 20
+        while anchors.latest("corral.test") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    latest = anchors.latest("corral.test")
+    assert latest is not None, "no anchor written by the background anchoring"
+    assert latest.size == 1

@@ -28,7 +28,7 @@ from corral.audit.anchor_store import (
 )
 from corral.core import errors
 from corral.core.settings import AnchorSettings
-from tests.audit import dynalite
+from tests import dynalite
 
 T0 = datetime(2026, 3, 3, 17, 0, 0, 123456, tzinfo=UTC)
 

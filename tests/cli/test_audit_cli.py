@@ -160,3 +160,39 @@ def test_bad_config_file(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert result.stderr == f"error: config file not found: {tmp_path / 'missing.toml'}\n"
+
+
+@pytest.mark.dynalite
+def test_anchor_init_and_run_on_dynamodb(demo: tuple[Path, str], dynalite_endpoint: str) -> None:
+    data_dir, _ = demo
+    env = {
+        "CORRAL_AUDIT__ANCHOR__BACKEND": "dynamodb",
+        "CORRAL_AUDIT__ANCHOR__ENDPOINT_URL": dynalite_endpoint,
+        "CORRAL_AUDIT__ANCHOR__DYNAMODB_TABLE": "corral-cli-test",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    init = runner.invoke(app, ["--data-dir", str(data_dir), "audit", "anchor", "init"], env=env)
+    assert init.exit_code == 0, init.output
+    assert init.stdout.startswith("anchor store ready: ")
+    again = runner.invoke(app, ["--data-dir", str(data_dir), "audit", "anchor", "init"], env=env)
+    assert again.exit_code == 0, "creating the table twice is fine"
+    run = runner.invoke(app, ["--data-dir", str(data_dir), "audit", "anchor", "run"], env=env)
+    assert run.exit_code == 0, run.output
+    # The demo's anchors are already in its local store: the round copies them to DynamoDB.
+    said = r"nothing new to anchor; the latest anchor is size 2 root [A-Za-z0-9+/]{43}=\n"
+    assert re.fullmatch(said, run.stdout), run.stdout
+
+
+def test_anchor_run_with_an_unreachable_dynamodb(demo: tuple[Path, str]) -> None:
+    data_dir, _ = demo
+    env = {
+        "CORRAL_AUDIT__ANCHOR__BACKEND": "dynamodb",
+        "CORRAL_AUDIT__ANCHOR__ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    result = runner.invoke(app, ["--data-dir", str(data_dir), "audit", "anchor", "init"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "127.0.0.1:9" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

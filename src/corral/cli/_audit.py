@@ -130,13 +130,15 @@ def anchor_run(ctx: typer.Context) -> None:
                 if not tenant.startswith("~"):
                     chain.sequencer.checkpoint(tenant)
             record = chain.anchorer.anchor_now()
+            latest = chain.anchors.latest(chain.deployment)
     except CorralError as exc:
         cli.abort(exc.diagnostics())
-    if record is None:
-        cli.out.print("nothing new to anchor", markup=False)
-    else:
-        root = base64.b64encode(record.root).decode()
-        cli.out.print(f"anchored size {record.size} root {root}", markup=False)
+    if latest is None:
+        cli.out.print("nothing to anchor yet", markup=False)
+        return
+    root = base64.b64encode(latest.root).decode()
+    said = "anchored" if record is not None else "nothing new to anchor; the latest anchor is"
+    cli.out.print(f"{said} size {latest.size} root {root}", markup=False)
 
 
 @anchor_app.command("init")
