@@ -354,3 +354,17 @@ def test_a_checkpoint_key_must_be_named_after_the_origin(store: LogStore) -> Non
     with sequencer, pytest.raises(ConfigError, match=r"is named 'somewhere\.else'"):
         sequencer.append(T, b.entry(0)[0])
     assert store.log_size(T) == 0
+
+
+def test_submit_many_is_consecutive_and_all_or_nothing(store: LogStore) -> None:
+    with _sequencer(store, max_pending=10) as sequencer:
+        futures = sequencer.submit_many(T, [b.entry(i) for i in range(6)])
+        assert [f.result() for f in futures] == list(range(6))
+        sealed, payload = b.entry(6, personal=True)
+        with pytest.raises(entries.EntryError, match="none came"):
+            sequencer.submit_many(T, [b.entry(7), (sealed, None)])
+        with pytest.raises(Pushback):
+            sequencer.submit_many(T, [b.entry(8 + i) for i in range(11)])
+        assert sequencer.submit_many(T, []) == []
+        assert sequencer.append(T, sealed, payload) == 6
+    assert store.log_size(T) == 7

@@ -64,7 +64,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
@@ -123,18 +123,21 @@ class _Writer:
 
     # ------------------------------------------------------------------ caller threads
 
-    def enqueue(self, leaf: bytes, payload: bytes | None) -> Future[int]:
-        future: Future[int] = Future()
-        item = _Append(leaf, merkle.leaf_hash(leaf), payload, future)
+    def enqueue(self, leaves: Sequence[tuple[bytes, bytes | None]]) -> list[Future[int]]:
+        """Queue (leaf, payload) pairs together, so they get consecutive sequence numbers;
+        all of them or, on :class:`Pushback` or a closed log, none."""
+        items = [
+            _Append(leaf, merkle.leaf_hash(leaf), payload, Future()) for leaf, payload in leaves
+        ]
         with self._cond:
             if self._closing:
                 raise AuditError(f"the audit sequencer is closed (tenant {self.tenant!r})")
-            if len(self._queue) >= self._config.max_pending:
+            if len(self._queue) + len(items) > self._config.max_pending:
                 raise Pushback(self.tenant, len(self._queue))
-            self._queue.append(item)
-            self._queued_total += 1
+            self._queue.extend(items)
+            self._queued_total += len(items)
             self._cond.notify_all()
-        return future
+        return [item.future for item in items]
 
     def flush(self) -> None:
         """Wait until every append queued before this call has committed or failed."""
@@ -303,6 +306,21 @@ class _Writer:
         return StoredCheckpoint(size, root, signed, at)
 
 
+def _leaf(
+    tenant: str, entry: KnownEntry, personal: PersonalPayload | None
+) -> tuple[bytes, bytes | None]:
+    """The (leaf, payload) bytes of an entry, after checking it belongs where it is going."""
+    if entry.tenant != tenant:
+        raise EntryError(f"entry {entry.id!r} is for tenant {entry.tenant!r}, not {tenant!r}")
+    if entry.personal is None and personal is not None:
+        raise EntryError(f"entry {entry.id!r} commits to no personal payload, but one came")
+    if entry.personal is not None and personal is None:
+        raise EntryError(f"entry {entry.id!r} commits to a personal payload, none came")
+    if personal is not None and not personal.matches(entry.personal):
+        raise EntryError(f"entry {entry.id!r}: personal payload does not match its commitment")
+    return entry.leaf(), (personal.to_bytes() if personal is not None else None)
+
+
 def _check_tenant(tenant: str) -> None:
     """Tenant ids follow :func:`corral.core.ids.check_id`; in particular none starts with ``~``,
     which keeps them apart from the anchor log's store key."""
@@ -364,18 +382,20 @@ class Sequencer:
         the tenant's queue is full; in both cases nothing is queued. A future cancelled before
         its batch starts is not written. ``asyncio`` callers: ``await asyncio.wrap_future(f)``.
         """
+        return self.submit_many(tenant, [(entry, personal)])[0]
+
+    def submit_many(
+        self, tenant: str, items: Sequence[tuple[KnownEntry, PersonalPayload | None]]
+    ) -> list[Future[int]]:
+        """:meth:`submit` for several entries at once: they get consecutive sequence numbers,
+        and all are queued or (on a bad entry or :class:`Pushback`) none is.
+
+        A caller with many entries should use this: one wake-up of the writer, so the batch
+        is committed whole instead of in the pieces the writer happens to see.
+        """
         _check_tenant(tenant)
-        if entry.tenant != tenant:
-            raise EntryError(f"entry {entry.id!r} is for tenant {entry.tenant!r}, not {tenant!r}")
-        if entry.personal is None and personal is not None:
-            raise EntryError(f"entry {entry.id!r} commits to no personal payload, but one came")
-        if entry.personal is not None and personal is None:
-            raise EntryError(f"entry {entry.id!r} commits to a personal payload, none came")
-        if personal is not None and not personal.matches(entry.personal):
-            raise EntryError(f"entry {entry.id!r}: personal payload does not match its commitment")
-        leaf = entry.leaf()
-        payload = personal.to_bytes() if personal is not None else None
-        return self._writer(tenant).enqueue(leaf, payload)
+        leaves = [_leaf(tenant, entry, personal) for entry, personal in items]
+        return self._writer(tenant).enqueue(leaves) if leaves else []
 
     def append(
         self, tenant: str, entry: KnownEntry, personal: PersonalPayload | None = None
