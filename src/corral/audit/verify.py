@@ -172,29 +172,48 @@ def _bad_line(line: bytes, number: int) -> str:
     return f"line {number} is not in canonical form"
 
 
-def _entry_chunks(bundle: Path) -> Iterator[tuple[int, list[bytes]]]:
-    path = bundle / ENTRIES
+def _entry_chunks(path: Path) -> Iterator[tuple[int, int, int]]:
+    """(first seq, start, end): byte ranges of ``_CHUNK_LINES`` lines each."""
     if not path.is_file():
         raise BundleError(f"{ENTRIES}: missing from the bundle")
     with path.open("rb") as lines:
-        seq = 0
-        while chunk := list(itertools.islice(lines, _CHUNK_LINES)):
-            yield seq, chunk
-            seq += len(chunk)
+        seq = start = 0
+        while True:
+            count = size = 0
+            for line in itertools.islice(lines, _CHUNK_LINES):
+                count += 1
+                size += len(line)
+            if not count:
+                return
+            yield seq, start, start + size
+            seq, start = seq + count, start + size
+
+
+def _check_entry_range(path: Path, seq: int, start: int, end: int, tenant: str) -> _Chunk:
+    """Step 2 for the lines in ``[start, end)`` of ``entries.jsonl``: what a worker runs."""
+    with path.open("rb") as lines:
+        lines.seek(start)
+        data = lines.read(end - start)
+    # Split on "\n" only, as the file iteration that found the range did (not on "\r").
+    return _check_entry_lines(seq, data.removesuffix(b"\n").split(b"\n"), tenant)
 
 
 def _checked_chunks(bundle: Path, tenant: str, parallel: bool) -> Iterator[_Chunk]:
-    """Step 2's chunks in order; on every core when ``parallel`` (at most 2 per worker queued)."""
+    """Step 2's chunks in order; on every core when ``parallel`` (at most 2 per worker queued).
+
+    Workers read their own byte range of the file, so only hashes travel between processes.
+    """
+    path = bundle / ENTRIES
     if not parallel:
-        for seq, lines in _entry_chunks(bundle):
-            yield _check_entry_lines(seq, lines, tenant)
+        for seq, start, end in _entry_chunks(path):
+            yield _check_entry_range(path, seq, start, end, tenant)
         return
     workers = os.cpu_count() or 1
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that may run threads
     with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
         pending: collections.deque[Future[_Chunk]] = collections.deque()
-        for seq, lines in _entry_chunks(bundle):
-            pending.append(pool.submit(_check_entry_lines, seq, lines, tenant))
+        for seq, start, end in _entry_chunks(path):
+            pending.append(pool.submit(_check_entry_range, path, seq, start, end, tenant))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
