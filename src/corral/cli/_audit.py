@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from corral.audit.chain import open_chain
+from corral.audit.anchor import ANCHOR_LOG
+from corral.audit.chain import AuditChain, open_chain
 from corral.audit.demo import run_demo
 from corral.audit.prose import ProseError, RenderContext
 from corral.audit.replay import prose_snapshot_path, refresh_prose, render_log
@@ -25,6 +28,19 @@ anchor_app = typer.Typer(help="Anchors: Merkle roots of every tenant log, writte
 app.add_typer(anchor_app, name="anchor")
 
 Tenant = Annotated[str, typer.Option("--tenant", help="tenant id")]
+
+
+@contextlib.contextmanager
+def _chain(cli: App, *, tenant: str | None = None) -> Iterator[AuditChain]:
+    """The deployment's audit chain, from the settings; a corral error inside becomes one line
+    on stderr and exit 1. With ``tenant``, refuses a tenant that has no log."""
+    try:
+        with open_chain(cli.settings(), SystemClock()) as chain:
+            if tenant is not None and tenant not in chain.store.tenants():
+                cli.abort(f"no audit log for tenant {tenant!r}")
+            yield chain
+    except CorralError as exc:
+        cli.abort(exc.diagnostics())
 
 
 @app.command()
@@ -89,13 +105,8 @@ def export(
 ) -> None:
     """Write a self-contained, verifiable bundle of a tenant's log."""
     cli = app_of(ctx)
-    try:
-        with open_chain(cli.settings(), SystemClock()) as chain:
-            if tenant not in chain.store.tenants():
-                cli.abort(f"no audit log for tenant {tenant!r}")
-            manifest = chain.export(tenant, out)
-    except CorralError as exc:
-        cli.abort(exc.diagnostics())
+    with _chain(cli, tenant=tenant) as chain:
+        manifest = chain.export(tenant, out)
     cli.out.print(f"exported {manifest.size} entries of {manifest.origin} to {out}", markup=False)
 
 
@@ -107,14 +118,10 @@ def erase(
 ) -> None:
     """Erase an entry's personal payload (a data-deletion request); proofs stay valid."""
     cli = app_of(ctx)
-    try:
-        chain_settings = cli.settings()
-        with open_chain(chain_settings, SystemClock()) as chain:
-            erased = chain.store.erase_personal(tenant, seq)
-            if erased:
-                refresh_prose(chain_settings.data_dir, chain.store, tenant)
-    except CorralError as exc:
-        cli.abort(exc.diagnostics())
+    with _chain(cli) as chain:
+        erased = chain.store.erase_personal(tenant, seq)
+        if erased:
+            refresh_prose(cli.settings().data_dir, chain.store, tenant)
     if not erased:
         cli.abort(f"entry {seq} of tenant {tenant!r} has no personal payload to erase")
     cli.out.print(f"erased the personal payload of entry {seq} of {tenant}", markup=False)
@@ -124,15 +131,12 @@ def erase(
 def anchor_run(ctx: typer.Context) -> None:
     """Anchor every tenant log's latest checkpoint now."""
     cli = app_of(ctx)
-    try:
-        with open_chain(cli.settings(), SystemClock()) as chain:
-            for tenant in chain.store.tenants():
-                if not tenant.startswith("~"):
-                    chain.sequencer.checkpoint(tenant)
-            record = chain.anchorer.anchor_now()
-            latest = chain.anchors.latest(chain.deployment)
-    except CorralError as exc:
-        cli.abort(exc.diagnostics())
+    with _chain(cli) as chain:
+        for tenant in chain.store.tenants():
+            if tenant != ANCHOR_LOG:
+                chain.sequencer.checkpoint(tenant)
+        record = chain.anchorer.anchor_now()
+        latest = chain.anchors.latest(chain.deployment)
     if latest is None:
         cli.out.print("nothing to anchor yet", markup=False)
         return
@@ -178,13 +182,8 @@ def prose(
     """Print a tenant's audit log as plain sentences, oldest first."""
     cli = app_of(ctx)
     context = _context(cli, timezone, locale, country)
-    try:
-        with open_chain(cli.settings(), SystemClock()) as chain:
-            if tenant not in chain.store.tenants():
-                cli.abort(f"no audit log for tenant {tenant!r}")
-            lines = render_log(chain.store, tenant, context)
-    except CorralError as exc:
-        cli.abort(exc.diagnostics())
+    with _chain(cli, tenant=tenant) as chain:
+        lines = render_log(chain.store, tenant, context)
     for line in lines:
         cli.out.print(line, markup=False)
 
@@ -204,19 +203,15 @@ def replay(
     """
     cli = app_of(ctx)
     context = _context(cli, timezone, locale, country)
-    settings = cli.settings()
-    try:
-        with open_chain(settings, SystemClock()) as chain:
-            report = run_replay(
-                chain.store,
-                chain.keys,
-                deployment=settings.deployment,
-                tenant=tenant,
-                ctx=context,
-                snapshot=prose_snapshot_path(settings.data_dir, tenant, context),
-            )
-    except CorralError as exc:
-        cli.abort(exc.diagnostics())
+    with _chain(cli) as chain:
+        report = run_replay(
+            chain.store,
+            chain.keys,
+            deployment=chain.deployment,
+            tenant=tenant,
+            ctx=context,
+            snapshot=prose_snapshot_path(cli.settings().data_dir, tenant, context),
+        )
     for line in report.notes:
         cli.out.print(f"note: {line}", markup=False)
     for line in report.differences:
