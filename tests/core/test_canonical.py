@@ -115,7 +115,7 @@ any_json = st.recursive(
 
 @given(any_json)
 def test_fast_path_agrees_with_rfc8785(value: Any) -> None:
-    """The json.dumps fast path (no floats, ASCII keys) must be byte-identical to rfc8785."""
+    """The orjson fast path (no floats, ASCII keys) must be byte-identical to rfc8785."""
     import rfc8785
 
     try:
