@@ -158,33 +158,48 @@ def _node_id(key: int) -> NodeId:
     return NodeId(key >> _LEVEL_SHIFT, key & _INDEX_MASK)
 
 
-def _bulk_inserts(engine: Engine) -> tuple[str, str, str]:
-    """The group commit's three INSERTs as driver SQL, for ``executemany`` of plain tuples.
+class _DriverSQL:
+    """The hot path's statements, written for the driver directly.
 
-    Written by hand because SQLAlchemy Core's per-row parameter processing costs about 15 us
-    per entry, two thirds of a commit's time on SQLite; the statements are built once, from
-    the same Table objects, with the schema a PostgreSQL store was opened with.
+    An append's three bulk INSERTs and a proof's node SELECT run on every commit and every
+    proof. Through SQLAlchemy Core they cost about 15 us per appended entry (per-row parameter
+    processing: two thirds of a commit on SQLite) and about half of a proof's time (expression
+    building, cache keys, expanding IN); as driver SQL with plain tuples they cost what the
+    database does. The statements are built from the same Table objects, with the schema a
+    PostgreSQL store was opened with, and every identifier is quoted by the dialect.
     """
-    schema = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
-    quote = engine.dialect.identifier_preparer
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
 
-    def insert(table: sa.Table) -> str:
-        name = quote.quote(table.name)
-        if schema is not None:
-            name = f"{quote.quote_schema(schema)}.{name}"
-        columns = ", ".join(quote.quote(c.name) for c in table.columns)
-        marks = ", ".join(mark for _ in table.columns)
-        return f"INSERT INTO {name} ({columns}) VALUES ({marks})"  # noqa: S608 - quoted names
+    def __init__(self, engine: Engine) -> None:
+        schema = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
+        self._quote = engine.dialect.identifier_preparer
+        self._prefix = "" if schema is None else f"{self._quote.quote_schema(schema)}."
+        self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self.insert_entries = self._insert(_entries)
+        self.insert_personal = self._insert(_personal)
+        self.insert_nodes = self._insert(_nodes)
+        self._select_nodes: dict[int, str] = {}
 
-    return insert(_entries), insert(_personal), insert(_nodes)
+    def _table(self, table: sa.Table) -> str:
+        return self._prefix + self._quote.quote(table.name)
+
+    def _insert(self, table: sa.Table) -> str:
+        columns = ", ".join(self._quote.quote(c.name) for c in table.columns)
+        marks = ", ".join(self._mark for _ in table.columns)
+        return f"INSERT INTO {self._table(table)} ({columns}) VALUES ({marks})"  # noqa: S608
+
+    def select_nodes(self, count: int) -> str:
+        """``SELECT node, hash`` of one tenant's ``count`` listed nodes (params: tenant, keys)."""
+        sql = self._select_nodes.get(count)
+        if sql is None:
+            marks = ", ".join(self._mark for _ in range(count))
+            sql = (
+                f"SELECT node, hash FROM {self._table(_nodes)}"  # noqa: S608 - quoted names
+                f" WHERE tenant = {self._mark} AND node IN ({marks})"
+            )
+            self._select_nodes[count] = sql
+        return sql
 
 
-_select_nodes = (
-    sa.select(_nodes.c.node, _nodes.c.hash)
-    .where(_nodes.c.tenant == sa.bindparam("tenant"))
-    .where(_nodes.c.node.in_(sa.bindparam("keys", expanding=True)))
-)
 _checkpoints = sa.Table(
     "audit_checkpoints",
     _metadata,
@@ -220,7 +235,7 @@ class LogStore:
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise ConfigError(f"audit store supports SQLite and PostgreSQL, not {engine.url}")
         self._engine = engine
-        self._bulk = _bulk_inserts(engine)
+        self._sql = _DriverSQL(engine)
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> LogStore:
@@ -330,8 +345,9 @@ class LogStore:
         with self._read("read tree nodes") as conn:
             for i in range(0, len(wanted), _NODES_PER_QUERY):
                 keys = [_node_key(n) for n in wanted[i : i + _NODES_PER_QUERY]]
-                for key, digest in conn.execute(_select_nodes, {"tenant": tenant, "keys": keys}):
-                    found[_node_id(key)] = digest
+                sql = self._sql.select_nodes(len(keys))
+                for key, digest in conn.exec_driver_sql(sql, (tenant, *keys)):
+                    found[_node_id(key)] = bytes(digest)
         for node in wanted:
             if node not in found:
                 raise StoreError(
@@ -401,10 +417,10 @@ class LogStore:
                         f"audit log of tenant {tenant!r} has origin {row.origin!r}, not {origin!r}"
                     )
                 raise StoreConflict(tenant, expected_size, int(row.size))
-            entries_sql, personal_sql, nodes_sql = self._bulk
+            sql = self._sql
             if leaves:
                 conn.exec_driver_sql(
-                    entries_sql,
+                    sql.insert_entries,
                     [
                         (tenant, expected_size + i, leaf, payload is not None)
                         for i, (leaf, payload) in enumerate(leaves)
@@ -416,9 +432,10 @@ class LogStore:
                 if payload is not None
             ]
             if payloads:
-                conn.exec_driver_sql(personal_sql, payloads)
+                conn.exec_driver_sql(sql.insert_personal, payloads)
             if nodes:
-                conn.exec_driver_sql(nodes_sql, [(tenant, _node_key(n), h) for n, h in nodes])
+                rows = [(tenant, _node_key(n), h) for n, h in nodes]
+                conn.exec_driver_sql(sql.insert_nodes, rows)
 
     def add_checkpoint(
         self, tenant: str, size: int, root: bytes, note: bytes, at: datetime
