@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -196,3 +197,21 @@ def test_anchor_run_with_an_unreachable_dynamodb(demo: tuple[Path, str]) -> None
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "127.0.0.1:9" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_anchor_proof_verifies_against_its_anchor(demo: tuple[Path, str]) -> None:
+    from corral.audit import merkle, note
+
+    data_dir, _ = demo
+    args = ["--data-dir", str(data_dir), "audit", "anchor", "proof", "--tenant", "brightsmile"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    proof = json.loads(result.stdout)
+    anchor = note.Checkpoint.parse(proof["anchor"].split("\n\n")[0] + "\n")
+    tenant = note.Checkpoint.parse(proof["checkpoint"])
+    assert tenant.origin == "corral.local/tenants/brightsmile" and tenant.size == 38
+    path = [base64.b64decode(h) for h in proof["inclusion"]]
+    leaf_hash = merkle.leaf_hash(proof["checkpoint"].encode())
+    assert merkle.verify_inclusion(leaf_hash, proof["index"], anchor.size, path, anchor.root)
+    nobody = runner.invoke(app, [*args[:-1], "nobody"])
+    assert nobody.exit_code == 1 and nobody.stderr == "error: no audit log for tenant 'nobody'\n"

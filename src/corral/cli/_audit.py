@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from corral.audit import merkle
 from corral.audit.anchor import ANCHOR_LOG
 from corral.audit.chain import AuditChain, open_chain
 from corral.audit.demo import run_demo
@@ -143,6 +144,32 @@ def anchor_run(ctx: typer.Context) -> None:
     root = base64.b64encode(latest.root).decode()
     said = "anchored" if record is not None else "nothing new to anchor; the latest anchor is"
     cli.out.print(f"{said} size {latest.size} root {root}", markup=False)
+
+
+@anchor_app.command("proof")
+def anchor_proof(ctx: typer.Context, tenant: Tenant) -> None:
+    """Print the proof that the tenant's latest anchored checkpoint is in an anchor (JSON)."""
+    cli = app_of(ctx)
+    with _chain(cli, tenant=tenant) as chain:
+        proofs = chain.anchorer.proofs(tenant)
+    if not proofs:
+        cli.abort(f"no checkpoint of tenant {tenant!r} has been anchored yet")
+    proof = proofs[-1]
+    leaf_hash = merkle.leaf_hash(proof.leaf)
+    size, root = proof.anchor.size, proof.anchor.root
+    ok = merkle.verify_inclusion(leaf_hash, proof.index, size, proof.inclusion, root)
+    if not ok:  # the store disagrees with itself: say so rather than print a false proof
+        cli.abort(f"the stored anchor proof of tenant {tenant!r} does not verify")
+    cli.out.print_json(
+        json.dumps(
+            {
+                "checkpoint": proof.leaf.decode(),
+                "anchor": proof.anchor.note.decode(),
+                "index": proof.index,
+                "inclusion": [base64.b64encode(h).decode() for h in proof.inclusion],
+            }
+        )
+    )
 
 
 @anchor_app.command("init")
