@@ -10,6 +10,7 @@ from corral.core.clock import Clock, ManualClock, SystemClock, format_time, pars
 from corral.core.errors import (
     AnchorError,
     AuditError,
+    BrokerError,
     CanonicalizationError,
     ConfigError,
     CorralError,
@@ -25,6 +26,7 @@ __all__ = [
     "AnchorSettings",
     "AuditError",
     "AuditSettings",
+    "BrokerError",
     "CanonicalizationError",
     "Clock",
     "ConfigError",

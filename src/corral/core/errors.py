@@ -13,6 +13,11 @@ code that knows nothing of corral still catches them::
     │   ├── Pushback               (the sequencer is overloaded: try again later)
     │   ├── AnchorError            (an anchor store refused or lost a write)
     │   └── VerificationError      (a bundle item that does not check out)
+    ├── BrokerError                (corral.broker)
+    │   ├── EncryptionContextError (ValueError) (a context without tenant_id/connection_id)
+    │   ├── EnvelopeError (ValueError)          (a malformed or unauthentic sealed credential)
+    │   ├── KeyUnwrapError         (a wrapped data key that will not unwrap)
+    │   └── KeyProviderUnavailable (the key file or KMS cannot be used)
     └── CanonicalizationError (ValueError)
 """
 
@@ -56,6 +61,10 @@ class Pushback(AuditError):
 
 class AnchorError(AuditError):
     """An anchor store refused or lost a write."""
+
+
+class BrokerError(CorralError):
+    """Base of errors raised by :mod:`corral.broker`."""
 
 
 class CanonicalizationError(CorralError, ValueError):
