@@ -76,10 +76,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from corral.core import aws
 from corral.core.clock import format_time, parse_time
 from corral.core.errors import AnchorError
 from corral.core.settings import AnchorSettings
@@ -414,16 +413,7 @@ class DynamoDBAnchorStore:
         self.table = table
         if client is None:
             try:
-                client = boto3.client(
-                    "dynamodb",
-                    region_name=region,
-                    endpoint_url=endpoint_url,
-                    config=Config(
-                        connect_timeout=5,
-                        read_timeout=10,
-                        retries={"max_attempts": 3, "mode": "standard"},
-                    ),
-                )
+                client = aws.client("dynamodb", region=region, endpoint_url=endpoint_url)
             except (BotoCoreError, ValueError) as exc:  # a malformed region or endpoint URL
                 where = f"table {table!r} at {endpoint_url or region}"
                 raise AnchorStoreUnavailable(where, str(exc)) from exc

@@ -47,12 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from corral.core import aws
 from corral.core.canonical import canonicalize
 from corral.core.clock import Clock, SystemClock, format_time
 from corral.core.errors import BrokerError
@@ -477,16 +476,7 @@ class AwsKmsKeyProvider:
         self._key_id = key_id
         if client is None:
             try:
-                client = boto3.client(
-                    "kms",
-                    region_name=region,
-                    endpoint_url=endpoint_url,
-                    config=Config(
-                        connect_timeout=5,
-                        read_timeout=10,
-                        retries={"max_attempts": 3, "mode": "standard"},
-                    ),
-                )
+                client = aws.client("kms", region=region, endpoint_url=endpoint_url)
             except (BotoCoreError, ValueError) as exc:
                 raise KeyProviderUnavailable(f"KMS key {key_id!r} in {region}", str(exc)) from None
         self._client = client

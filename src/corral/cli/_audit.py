@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from corral.audit import merkle
 from corral.audit.anchor import ANCHOR_LOG
+from corral.audit.anchor_store import DynamoDBAnchorStore, open_anchor_store
 from corral.audit.chain import AuditChain, open_chain
 from corral.audit.demo import run_demo
 from corral.audit.prose import ProseError, RenderContext
@@ -177,8 +178,6 @@ def anchor_init(ctx: typer.Context) -> None:
     """Create the anchor store (the DynamoDB table, when that backend is selected)."""
     cli = app_of(ctx)
     settings = cli.settings()
-    from corral.audit.anchor_store import DynamoDBAnchorStore, open_anchor_store
-
     try:
         store = open_anchor_store(settings.audit.anchor, settings.data_dir)
         if isinstance(store, DynamoDBAnchorStore):
