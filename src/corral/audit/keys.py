@@ -11,7 +11,6 @@ is one secret to keep and back up; it is created on first start in the data dire
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from corral.audit.note import Signer
 from corral.core.errors import ConfigError
+from corral.core.keyfile import load_or_create_seed
 
 __all__ = ["AuditKeys", "anchor_origin", "log_origin"]
 
@@ -54,20 +54,7 @@ class AuditKeys:
 
         Refuses a seed file that others can read: a leaked seed lets anyone sign checkpoints.
         """
-        if path.exists():
-            mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & 0o077:
-                raise ConfigError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-            return cls(path.read_bytes())
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        seed = entropy(_SEED_SIZE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, seed)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return cls(seed)
+        return cls(load_or_create_seed(path, _SEED_SIZE, entropy=entropy))
 
     def signer(self, origin: str) -> Signer:
         """The Ed25519 signer of the log with this origin (key name = origin)."""

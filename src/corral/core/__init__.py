@@ -19,7 +19,13 @@ from corral.core.errors import (
 )
 from corral.core.ids import IdSource, RandomIds, SequentialIds, check_id
 from corral.core.money import Money, minor_unit_digits
-from corral.core.settings import AnchorSettings, AuditSettings, Settings, load_settings
+from corral.core.settings import (
+    AnchorSettings,
+    AuditSettings,
+    BrokerSettings,
+    Settings,
+    load_settings,
+)
 
 __all__ = [
     "AnchorError",
@@ -27,6 +33,7 @@ __all__ = [
     "AuditError",
     "AuditSettings",
     "BrokerError",
+    "BrokerSettings",
     "CanonicalizationError",
     "Clock",
     "ConfigError",

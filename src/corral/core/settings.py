@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from corral.core.errors import ConfigError
 
-__all__ = ["AnchorSettings", "AuditSettings", "Settings", "load_settings"]
+__all__ = ["AnchorSettings", "AuditSettings", "BrokerSettings", "Settings", "load_settings"]
 
 
 class _Section(BaseModel):
@@ -49,6 +49,38 @@ class AuditSettings(_Section):
     anchor: AnchorSettings = AnchorSettings()
 
 
+class BrokerSettings(_Section):
+    """The capability broker: its own database, key material and socket (``docs/broker.md``)."""
+
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file broker/broker.db in the data dir"
+    )
+    database_schema: str | None = Field(None, description="PostgreSQL schema for its tables")
+    key_provider: Literal["local", "aws-kms"] = "local"
+    kms_key_id: str | None = Field(None, description="the shared KMS key (aws-kms only)")
+    region: str = "us-west-2"
+    kms_endpoint_url: str | None = Field(None, description="e.g. a LocalStack or moto URL")
+    socket: Path | None = Field(None, description="Unix socket; default broker/broker.sock")
+    tcp_host: str | None = Field(None, description="also listen on TCP (TLS required)")
+    tcp_port: int = Field(8443, ge=1, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    approval_vkeys: tuple[str, ...] = Field(
+        (), description="control-plane approval keys; default: control/approval.pub in data dir"
+    )
+    approval_max_ttl_s: float = Field(60.0, gt=0, le=300, description="longest approval accepted")
+    provider_timeout_s: float = Field(15.0, gt=0, description="per provider HTTP request")
+    refresh_lease_s: float = Field(30.0, gt=0, description="one refresh per connection at a time")
+
+    @model_validator(mode="after")
+    def _kms_needs_key(self) -> BrokerSettings:
+        if self.key_provider == "aws-kms" and not self.kms_key_id:
+            raise ValueError("broker.kms_key_id is required when broker.key_provider is aws-kms")
+        if self.tcp_host is not None and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("broker.tcp_host needs broker.tls_cert and broker.tls_key")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CORRAL_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -57,6 +89,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".corral")
     deployment: str = Field("corral.local", description="origin prefix: <deployment>/tenants/<id>")
     audit: AuditSettings = AuditSettings()
+    broker: BrokerSettings = BrokerSettings()
 
     @field_validator("deployment")
     @classmethod
@@ -67,6 +100,17 @@ class Settings(BaseSettings):
 
     def audit_database_url(self) -> str:
         return self.audit.database_url or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    @property
+    def broker_dir(self) -> Path:
+        """The broker's own directory: its database, key file and socket by default."""
+        return self.data_dir / "broker"
+
+    def broker_database_url(self) -> str:
+        return self.broker.database_url or f"sqlite:///{self.broker_dir / 'broker.db'}"
+
+    def broker_socket(self) -> Path:
+        return self.broker.socket or self.broker_dir / "broker.sock"
 
     @classmethod
     def settings_customise_sources(
