@@ -211,6 +211,7 @@ class OAuthAuthority:
     clients: dict[str, str] = field(default_factory=dict)
     _refresh: dict[str, _Refresh] = field(default_factory=dict)
     _access: dict[str, _Access] = field(default_factory=dict)
+    _access_ever: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def new_client(self) -> tuple[str, str]:
@@ -237,6 +238,7 @@ class OAuthAuthority:
             if record is None or record.used or record.client_id != client_id:
                 return None
             access = token(self.access_prefix, 24)
+            self._access_ever.append(access)
             self._access[access] = _Access(
                 record.subject, self.clock.now() + timedelta(seconds=self.access_ttl_s)
             )
@@ -259,6 +261,12 @@ class OAuthAuthority:
         """Make every access token expired (forces the next call to refresh)."""
         with self._lock:
             self._access.clear()
+
+    def issued(self) -> list[str]:
+        """Every refresh and access token this authority ever issued, used ones included (the
+        canary scan looks for each of them in what the broker lets out)."""
+        with self._lock:
+            return [*self._refresh, *self._access_ever]
 
     def revoke(self, refresh_token: str) -> None:
         with self._lock:
