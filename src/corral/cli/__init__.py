@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import _audit
+from corral.cli import _audit, _broker, _fakes
 from corral.cli._console import App
 
 __all__ = ["app", "main"]
@@ -25,6 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(_audit.app, name="audit")
+app.add_typer(_broker.app, name="broker")
+app.add_typer(_fakes.app, name="fakes")
 
 
 def _version(value: bool) -> None:
