@@ -313,7 +313,7 @@ def test_sqlite_creates_the_parent_directory(tmp_path: Path) -> None:
     [
         ("sqlite://", None, "in memory"),
         ("sqlite:///:memory:", None, "in memory"),
-        ("sqlite:////tmp/x.db", "s", "schema= is for PostgreSQL"),
+        ("sqlite:////tmp/x.db", "s", "a database schema is for PostgreSQL"),
         ("mysql://root@localhost/db", None, "SQLite and PostgreSQL"),
     ],
 )

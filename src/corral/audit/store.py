@@ -36,8 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,6 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from corral.audit import merkle
 from corral.audit.merkle import NodeId
+from corral.core.db import UtcDateTime, create_tables, open_engine
 from corral.core.errors import ConfigError, StoreError
 
 __all__ = ["LogStore", "StoreConflict", "StoreError", "StoredCheckpoint", "StoredEntry"]
@@ -53,7 +53,6 @@ __all__ = ["LogStore", "StoreConflict", "StoreError", "StoredCheckpoint", "Store
 #: Node ids per SELECT: a proof plan is far below this (at most ~2 * 64), while a longer OR
 #: chain would approach SQLite's expression-depth limit of 1000.
 _NODES_PER_QUERY = 256
-_SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 class StoreConflict(StoreError):
@@ -90,25 +89,6 @@ class StoredCheckpoint:
     root: bytes
     note: bytes
     at: datetime
-
-
-class _UtcDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes on both backends (SQLite keeps no offset: stored and read as UTC)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("refusing a naive datetime: corral times are timezone-aware")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _metadata = sa.MetaData()
@@ -207,20 +187,8 @@ _checkpoints = sa.Table(
     sa.Column("size", sa.BigInteger, primary_key=True),
     sa.Column("root", sa.LargeBinary, nullable=False),
     sa.Column("note", sa.LargeBinary, nullable=False),
-    sa.Column("at", _UtcDateTime, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
 )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Per connection: WAL + fsync on every commit (durable acks), FKs, wait on locks."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
 
 
 class LogStore:
@@ -243,25 +211,7 @@ class LogStore:
 
         ``schema`` (PostgreSQL only) puts the tables in that schema instead of the default one.
         """
-        parsed = sa.make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            database = parsed.database or ""
-            if database in ("", ":memory:") or database.startswith("file:"):
-                raise ConfigError("the audit store needs an SQLite file: in memory is not durable")
-            if schema is not None:
-                raise ConfigError("schema= is for PostgreSQL; SQLite has one schema per file")
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(parsed)
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-        elif parsed.get_backend_name() == "postgresql":
-            # pre_ping: a connection dropped by a server restart or failover is replaced on
-            # checkout instead of failing the next batch of appends.
-            engine = sa.create_engine(parsed, pool_pre_ping=True)
-            if schema is not None:
-                engine = engine.execution_options(schema_translate_map={None: schema})
-        else:
-            raise ConfigError(f"audit store supports SQLite and PostgreSQL, not {url!r}")
-        return cls(engine)
+        return cls(open_engine(url, what="audit store", schema=schema))
 
     @property
     def engine(self) -> Engine:
@@ -270,10 +220,7 @@ class LogStore:
     def create_schema(self) -> None:
         """Create the tables (and the PostgreSQL schema) if missing; safe to repeat."""
         with self._write("create schema") as conn:
-            schema = conn.get_execution_options().get("schema_translate_map", {}).get(None)
-            if schema is not None:
-                conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-            _metadata.create_all(conn)
+            create_tables(conn, _metadata)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -27,16 +27,14 @@ import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from corral.core.db import UtcDateTime, create_tables, open_engine
 from corral.core.errors import BrokerError, ConfigError
-
-_SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 class BrokerStoreError(BrokerError):
@@ -63,25 +61,6 @@ class RevocationKind(enum.StrEnum):
     CONNECTION = "connection"
 
 
-class _UtcDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes on both backends (SQLite keeps no offset: stored and read as UTC)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("refusing a naive datetime: corral times are timezone-aware")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 _metadata = sa.MetaData()
 _Id = sa.String(256)
 
@@ -95,8 +74,8 @@ connections = sa.Table(
     sa.Column("api_url", sa.String(2048), nullable=False),
     sa.Column("token_url", sa.String(2048), nullable=True),
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("created_at", _UtcDateTime, nullable=False),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("status_reason", sa.String(512), nullable=True),
 )
 credentials = sa.Table(
@@ -106,7 +85,7 @@ credentials = sa.Table(
     sa.Column("connection_id", _Id, primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", _UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.ForeignKeyConstraint(
         ["tenant", "connection_id"],
         ["broker_connections.tenant", "broker_connections.connection_id"],
@@ -119,7 +98,7 @@ access_tokens = sa.Table(
     sa.Column("connection_id", _Id, primary_key=True),
     sa.Column("credential_version", sa.Integer, nullable=False),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
-    sa.Column("expires_at", _UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
 )
 refresh_leases = sa.Table(
     "broker_refresh_leases",
@@ -127,7 +106,7 @@ refresh_leases = sa.Table(
     sa.Column("tenant", _Id, primary_key=True),
     sa.Column("connection_id", _Id, primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
-    sa.Column("expires_at", _UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
 )
 intents = sa.Table(
     "broker_intents",
@@ -139,8 +118,8 @@ intents = sa.Table(
     sa.Column("connection_id", _Id, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("result", sa.Text, nullable=True),
-    sa.Column("created_at", _UtcDateTime, nullable=False),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 revocations = sa.Table(
     "broker_revocations",
@@ -148,7 +127,7 @@ revocations = sa.Table(
     sa.Column("tenant", _Id, primary_key=True),
     sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("value", _Id, primary_key=True),
-    sa.Column("revoked_at", _UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=False),
     sa.Column("reason", sa.String(512), nullable=True),
 )
 delegation_uses = sa.Table(
@@ -157,7 +136,7 @@ delegation_uses = sa.Table(
     sa.Column("delegation_id", sa.String(64), primary_key=True),
     sa.Column("tenant", _Id, nullable=False),
     sa.Column("uses", sa.Integer, nullable=False),
-    sa.Column("expires_at", _UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
 )
 
 
@@ -205,30 +184,6 @@ class IntentRow:
     updated_at: datetime
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Per connection: WAL + fsync on every commit, foreign keys, wait on locks.
-
-    pysqlite's own implicit BEGIN is turned off (``isolation_level = None``) so that
-    :func:`_sqlite_begin` decides: SAVEPOINTs then work, and write transactions take the write
-    lock up front (``BEGIN IMMEDIATE``) instead of failing with SQLITE_BUSY when a read
-    transaction tries to upgrade while another broker thread or replica writes.
-    """
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    immediate = conn.get_execution_options().get("sqlite_immediate", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
 class BrokerStore:
     """Every table of the broker, on SQLite or PostgreSQL; safe to share between threads."""
 
@@ -240,25 +195,11 @@ class BrokerStore:
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> BrokerStore:
-        """Open ``sqlite:///path`` (parent directory created, mode 0700) or PostgreSQL."""
-        parsed = sa.make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            database = parsed.database or ""
-            if database in ("", ":memory:") or database.startswith("file:"):
-                raise ConfigError("the broker store needs an SQLite file: in memory is not durable")
-            if schema is not None:
-                raise ConfigError("a database schema is for PostgreSQL; SQLite has one per file")
-            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            engine = sa.create_engine(parsed)
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-            sa.event.listen(engine, "begin", _sqlite_begin)
-        elif parsed.get_backend_name() == "postgresql":
-            engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=20, max_overflow=20)
-            if schema is not None:
-                engine = engine.execution_options(schema_translate_map={None: schema})
-        else:
-            raise ConfigError(f"broker store supports SQLite and PostgreSQL, not {url!r}")
-        return cls(engine)
+        """Open ``sqlite:///path`` or PostgreSQL (``schema``: the broker's own schema there).
+
+        Several broker threads (and replicas) write: SQLite writers begin IMMEDIATE.
+        """
+        return cls(open_engine(url, what="broker store", schema=schema, explicit_begin=True))
 
     @property
     def engine(self) -> Engine:
@@ -267,10 +208,7 @@ class BrokerStore:
     def create_schema(self) -> None:
         """Create the tables (and the PostgreSQL schema) if missing; safe to repeat."""
         with self.write("create schema") as conn:
-            schema = conn.get_execution_options().get("schema_translate_map", {}).get(None)
-            if schema is not None:
-                conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-            _metadata.create_all(conn)
+            create_tables(conn, _metadata)
 
     def close(self) -> None:
         self._engine.dispose()
