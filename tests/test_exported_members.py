@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-PACKAGES = ["corral.core", "corral.audit", "corral.broker"]
+PACKAGES = ["corral.core", "corral.audit", "corral.broker", "corral.connectors", "corral.fakes"]
 CONTRACT_MODULES = {
     "corral.audit.merkle": {
         "leaf_hash", "node_hash", "root", "inclusion_proof", "consistency_proof",
