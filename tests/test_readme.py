@@ -42,3 +42,15 @@ def test_every_cli_command_in_the_readme_exists() -> None:
             words = words[:1]
         result = CliRunner().invoke(app, ["audit", *words, "--help"])
         assert result.exit_code == 0, f"corral audit {' '.join(words)}: {result.output}"
+
+
+def test_every_broker_and_fakes_command_in_the_readme_exists() -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    commands = re.findall(r"^corral (broker|fakes) ([a-z-]+)", README, re.M)
+    assert len(commands) >= 7
+    for group, command in commands:
+        result = CliRunner().invoke(app, [group, command, "--help"])
+        assert result.exit_code == 0, f"corral {group} {command}: {result.output}"
