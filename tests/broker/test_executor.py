@@ -243,7 +243,11 @@ def test_bad_input_gets_a_problem_naming_the_field(world: World) -> None:
 
 def test_health_and_metrics(world: World) -> None:
     assert run(world.get("/healthz")).json()["status"] == "ok"
-    run(world.execute("twilio.send_sms", {"to": "+13105550123", "body": "m"}))
+    response = run(world.execute("twilio.send_sms", {"to": "+13105550123", "body": "m"}))
+    timing = dict(
+        part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")
+    )
+    assert float(timing["broker"]) > 0 and float(timing["provider"]) > 0
     text = run(world.get("/metrics")).text
     assert 'corral_broker_executions_total{outcome="succeeded",tool="twilio.send_sms"}' in text
 

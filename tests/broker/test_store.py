@@ -11,9 +11,11 @@ from corral.broker._store import (
     BrokerStore,
     ConnectionRow,
     ConnectionStatus,
+    DelegationUse,
     IntentRow,
     IntentState,
     RevocationKind,
+    UsesExhausted,
 )
 from corral.core.errors import ConfigError
 from tests.broker._backends import broker_store_fixture, broker_url_fixture  # noqa: F401
@@ -129,7 +131,9 @@ def test_uses_stop_at_max_uses_even_under_concurrency(broker_store: BrokerStore)
 
     def use() -> None:
         barrier.wait()
-        counts.append(broker_store.use_delegation("dlg_1", "brightsmile", 3, expires))
+        counts.append(
+            broker_store.use_delegation(DelegationUse("dlg_1", "brightsmile", 3, expires))
+        )
 
     threads = [threading.Thread(target=use) for _ in range(10)]
     for thread in threads:
@@ -138,8 +142,9 @@ def test_uses_stop_at_max_uses_even_under_concurrency(broker_store: BrokerStore)
         thread.join()
     assert sorted(c for c in counts if c is not None) == [1, 2, 3]
     assert counts.count(None) == 7
-    assert broker_store.use_delegation("dlg_2", "brightsmile", None, expires) == 1
-    assert broker_store.use_delegation("dlg_2", "brightsmile", None, expires) == 2
+    unlimited = DelegationUse("dlg_2", "brightsmile", None, expires)
+    assert broker_store.use_delegation(unlimited) == 1
+    assert broker_store.use_delegation(unlimited) == 2
 
 
 def test_revocations_are_found_by_kind_and_value(broker_store: BrokerStore) -> None:
@@ -157,7 +162,7 @@ def test_revocations_are_found_by_kind_and_value(broker_store: BrokerStore) -> N
 
 
 def test_prune_forgets_expired_uses_and_old_finished_intents(broker_store: BrokerStore) -> None:
-    broker_store.use_delegation("dlg_old", "brightsmile", None, T0)
+    broker_store.use_delegation(DelegationUse("dlg_old", "brightsmile", None, T0))
     broker_store.begin_intent(_intent("done"))
     broker_store.finish_intent("brightsmile", "done", IntentState.SUCCEEDED, None, T0)
     broker_store.begin_intent(_intent("open"))
@@ -169,3 +174,12 @@ def test_prune_forgets_expired_uses_and_old_finished_intents(broker_store: Broke
 def test_sqlite_in_memory_is_refused() -> None:
     with pytest.raises(ConfigError, match="not durable"):
         BrokerStore.from_url("sqlite://")
+
+
+def test_an_intent_counts_one_use_and_a_replay_counts_none(broker_store: BrokerStore) -> None:
+    use = DelegationUse("dlg_9", "brightsmile", 1, T0 + timedelta(minutes=5))
+    assert broker_store.begin_intent(_intent("k-1"), use=use) is None
+    assert broker_store.begin_intent(_intent("k-1"), use=use) is not None  # a replay: no use
+    with pytest.raises(UsesExhausted, match="no uses left"):
+        broker_store.begin_intent(_intent("k-2"), use=use)
+    assert broker_store.intent("brightsmile", "k-2") is None  # nothing written

@@ -172,6 +172,22 @@ class ConnectionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationUse:
+    """One use of a delegation to count (``max_uses`` None: unlimited, counted anyway)."""
+
+    delegation_id: str
+    tenant: str
+    max_uses: int | None
+    expires_at: datetime
+
+
+class UsesExhausted(BrokerStoreError):
+    def __init__(self, delegation_id: str) -> None:
+        super().__init__(f"delegation {delegation_id} has no uses left")
+        self.delegation_id = delegation_id
+
+
+@dataclass(frozen=True, slots=True)
 class IntentRow:
     tenant: str
     idempotency_key: str
@@ -471,8 +487,13 @@ class BrokerStore:
 
     # ------------------------------------------------------------------------- intents
 
-    def begin_intent(self, row: IntentRow) -> IntentRow | None:
-        """Record an intent before acting; return the existing row if the key was seen before."""
+    def begin_intent(self, row: IntentRow, *, use: DelegationUse | None = None) -> IntentRow | None:
+        """Record an intent before acting; return the existing row if the key was seen before.
+
+        With ``use``, a new intent also counts one use of the delegation, in the same
+        transaction: :class:`UsesExhausted` (and nothing written) when none is left. A key seen
+        before counts nothing: a replay is not a use.
+        """
         with self.write("record intent") as conn:
             existing = conn.execute(
                 intents.select().where(
@@ -482,6 +503,8 @@ class BrokerStore:
             ).one_or_none()
             if existing is not None:
                 return _intent(existing)
+            if use is not None and self._count_use(conn, use) is None:
+                raise UsesExhausted(use.delegation_id)
             try:
                 with conn.begin_nested():
                     conn.execute(
@@ -561,37 +584,37 @@ class BrokerStore:
             )
             return [(RevocationKind(r.kind), r.value, r.revoked_at) for r in rows]
 
-    def use_delegation(
-        self, delegation_id: str, tenant: str, max_uses: int | None, expires_at: datetime
-    ) -> int | None:
+    def use_delegation(self, use: DelegationUse) -> int | None:
         """Count one use; return the new count, or None if ``max_uses`` is already reached."""
-        key = delegation_uses.c.delegation_id == delegation_id
-        update = delegation_uses.update().where(key).values(uses=delegation_uses.c.uses + 1)
-        if max_uses is not None:
-            update = update.where(delegation_uses.c.uses < max_uses)
         with self.write("count delegation use") as conn:
-            for _attempt in range(2):
-                if conn.execute(update).rowcount == 1:
-                    return int(
-                        conn.execute(sa.select(delegation_uses.c.uses).where(key)).scalar_one()
-                    )
-                if conn.execute(sa.select(delegation_uses.c.uses).where(key)).first() is not None:
-                    return None
-                if max_uses is not None and max_uses < 1:
-                    return None
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            delegation_uses.insert().values(
-                                delegation_id=delegation_id,
-                                tenant=tenant,
-                                uses=1,
-                                expires_at=expires_at,
-                            )
+            return self._count_use(conn, use)
+
+    @staticmethod
+    def _count_use(conn: Connection, use: DelegationUse) -> int | None:
+        key = delegation_uses.c.delegation_id == use.delegation_id
+        update = delegation_uses.update().where(key).values(uses=delegation_uses.c.uses + 1)
+        if use.max_uses is not None:
+            update = update.where(delegation_uses.c.uses < use.max_uses)
+        for _attempt in range(2):
+            if conn.execute(update).rowcount == 1:
+                return int(conn.execute(sa.select(delegation_uses.c.uses).where(key)).scalar_one())
+            if conn.execute(sa.select(delegation_uses.c.uses).where(key)).first() is not None:
+                return None
+            if use.max_uses is not None and use.max_uses < 1:
+                return None
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        delegation_uses.insert().values(
+                            delegation_id=use.delegation_id,
+                            tenant=use.tenant,
+                            uses=1,
+                            expires_at=use.expires_at,
                         )
-                except sa.exc.IntegrityError:
-                    continue  # another replica counted the first use: count on top of it
-                return 1
+                    )
+            except sa.exc.IntegrityError:
+                continue  # another replica counted the first use: count on top of it
+            return 1
         return None
 
     def prune(self, now: datetime, keep_intents_s: float = 7 * 86400) -> int:

@@ -177,12 +177,16 @@ def create_app(broker: Broker) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/execute")
-    async def execute(body: ExecuteBody) -> dict[str, Any]:
+    async def execute(body: ExecuteBody, response: Response) -> dict[str, Any]:
         started = time.perf_counter()
         call = Call(**body.call.model_dump())
         execution = await broker.execute(body.delegation, body.approval, call)
         metrics.executions.labels(execution.tool, execution.status).inc()
         metrics.latency.labels(execution.tool).observe(time.perf_counter() - started)
+        # W3C Server-Timing: the broker's own time and the time spent waiting on the provider.
+        response.headers["Server-Timing"] = (
+            f"broker;dur={execution.broker_ms:.3f}, provider;dur={execution.provider_ms:.3f}"
+        )
         return execution.to_json()
 
     @app.post("/delegations")

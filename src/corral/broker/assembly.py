@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from corral.audit import note
 from corral.broker._store import BrokerStore
+from corral.broker._timing import TimedTransport
 from corral.broker.approval import ApprovalSigner, ApprovalVerifier, load_or_create_signer
 from corral.broker.delegation import DelegationKeys, DelegationSigner
 from corral.broker.executor import Broker
@@ -109,7 +110,7 @@ def open_broker(
     vault = Vault(store, key_provider(settings, clock), clock)
     signer = delegation_signer(settings)
     http = httpx.AsyncClient(
-        transport=transport,
+        transport=TimedTransport(transport or httpx.AsyncHTTPTransport()),
         timeout=httpx.Timeout(settings.broker.provider_timeout_s),
         follow_redirects=False,
         headers={"user-agent": "corral-broker/0.1"},

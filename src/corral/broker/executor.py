@@ -36,10 +36,13 @@ from corral.broker import delegation as dl
 from corral.broker._store import (
     ConnectionRow,
     ConnectionStatus,
+    DelegationUse,
     IntentRow,
     IntentState,
     RevocationKind,
+    UsesExhausted,
 )
+from corral.broker._timing import provider_time
 from corral.broker.approval import ApprovalVerifier, call_hash
 from corral.broker.oauth import AuditEvents, TokenSource
 from corral.broker.scrub import Scrubber
@@ -116,6 +119,7 @@ class Execution:
     replayed: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     provider_ms: float = 0.0
+    broker_ms: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -277,7 +281,20 @@ class Broker:
         return row
 
     async def execute(self, delegation: str, approval: str, call: Call) -> Execution:
+        """Run ``call`` if everything allows it (see the module docstring), exactly once."""
         started = time.perf_counter()
+        with provider_time() as waited:
+            execution = await self._execute(delegation, approval, call)
+        execution.provider_ms = waited[0] * 1000
+        execution.broker_ms = (time.perf_counter() - started) * 1000 - execution.provider_ms
+        log.info(
+            "execute tenant=%s agent=%s tool=%s status=%s broker_ms=%.1f provider_ms=%.1f",
+            call.tenant, call.agent, call.tool, execution.status,
+            execution.broker_ms, execution.provider_ms,
+        )  # fmt: skip
+        return execution
+
+    async def _execute(self, delegation: str, approval: str, call: Call) -> Execution:
         tool = self._tool(call.tool)
         if not isinstance(call.idempotency_key, str) or not _IDEMPOTENCY_KEY.match(
             call.idempotency_key
@@ -306,47 +323,33 @@ class Broker:
 
         digest = call_hash(document)
         now = self.clock.now()
-        seen = self.vault.store.begin_intent(
-            IntentRow(
-                tenant=call.tenant,
-                idempotency_key=call.idempotency_key,
-                call_hash=digest,
-                tool=tool.name,
-                connection_id=row.connection_id,
-                state=IntentState.STARTED,
-                result=None,
-                created_at=now,
-                updated_at=now,
-            )
+        intent = IntentRow(
+            tenant=call.tenant,
+            idempotency_key=call.idempotency_key,
+            call_hash=digest,
+            tool=tool.name,
+            connection_id=row.connection_id,
+            state=IntentState.STARTED,
+            result=None,
+            created_at=now,
+            updated_at=now,
         )
+        use = DelegationUse(grant.id, call.tenant, grant.max_uses, grant.expires_at)
+        try:
+            seen = self.vault.store.begin_intent(intent, use=use)
+        except UsesExhausted as exc:
+            raise CallRefused(403, "max_uses", str(exc)) from None
         events = AuditEvents()
-        if seen is not None:
-            if seen.call_hash != digest:
-                raise CallRefused(
-                    409, "idempotency_conflict", "idempotency_key was used for a different call"
-                )
-            if seen.state in (IntentState.SUCCEEDED, IntentState.FAILED):
-                return self._replay(seen)
-            execution = await self._settle(tool, args, row, call, events)
-        else:
-            if (
-                self.vault.store.use_delegation(
-                    grant.id, call.tenant, grant.max_uses, grant.expires_at
-                )
-                is None
-            ):
-                self.vault.store.finish_intent(
-                    call.tenant, call.idempotency_key, IntentState.FAILED,
-                    _outcome_json(None, {"code": "max_uses", "message": "delegation used up"}),
-                    self.clock.now(),
-                )  # fmt: skip
-                raise CallRefused(403, "max_uses", f"delegation {grant.id} has no uses left")
+        if seen is None:
             execution = await self._run(tool, args, row, call, events, reconcile=False)
-        log.info(
-            "execute tenant=%s agent=%s tool=%s status=%s ms=%.1f",
-            call.tenant, call.agent, tool.name, execution.status,
-            (time.perf_counter() - started) * 1000,
-        )  # fmt: skip
+        elif seen.call_hash != digest:
+            raise CallRefused(
+                409, "idempotency_conflict", "idempotency_key was used for a different call"
+            )
+        elif seen.state in (IntentState.SUCCEEDED, IntentState.FAILED):
+            return self._replay(seen)
+        else:
+            execution = await self._settle(tool, args, row, call, events)
         return execution
 
     def _replay(self, seen: IntentRow) -> Execution:
@@ -384,13 +387,10 @@ class Broker:
         status: Outcome
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
-        provider_ms = 0.0
         try:
-            t0 = time.perf_counter()
             status, result = await self._call_provider(
                 tool, args, row, call, events, scrubber, reconcile=reconcile
             )
-            provider_ms = (time.perf_counter() - t0) * 1000
         except OutcomeUnknown as exc:
             status, error = "unknown", _error(exc, scrubber)
         except ProviderRejected as exc:
@@ -411,7 +411,6 @@ class Broker:
             result=clean_result,
             error=error,
             events=scrubber.json(events.items),
-            provider_ms=provider_ms,
         )
 
     async def _call_provider(
