@@ -140,6 +140,52 @@ delegation_uses = sa.Table(
 )
 
 
+# The statements every call runs, built once with bind parameters: SQLAlchemy then reuses
+# their compiled form (its cache key is memoized on the statement) instead of building and
+# keying a new expression per call, about half of the store's time per call otherwise.
+_bp = sa.bindparam
+_CONNECTION = connections.select().where(
+    connections.c.tenant == _bp("tenant"), connections.c.connection_id == _bp("connection_id")
+)
+_TENANT_CONNECTIONS = (
+    connections.select()
+    .where(connections.c.tenant == _bp("tenant"))
+    .order_by(connections.c.connection_id)
+)
+_CREDENTIAL = sa.select(credentials.c.sealed).where(
+    credentials.c.tenant == _bp("tenant"),
+    credentials.c.connection_id == _bp("connection_id"),
+    credentials.c.version == _bp("version"),
+)
+_ACCESS_TOKEN = access_tokens.select().where(
+    access_tokens.c.tenant == _bp("tenant"), access_tokens.c.connection_id == _bp("connection_id")
+)
+_INTENT = intents.select().where(
+    intents.c.tenant == _bp("tenant"), intents.c.idempotency_key == _bp("key")
+)
+_FINISH_INTENT = (  # an UPDATE's bind names must differ from its columns' names
+    intents.update()
+    .where(intents.c.tenant == _bp("b_tenant"), intents.c.idempotency_key == _bp("b_key"))
+    .values(state=_bp("b_state"), result=_bp("b_result"), updated_at=_bp("b_at"))
+)
+_REVOKED = sa.select(revocations.c.kind, revocations.c.value, revocations.c.revoked_at).where(
+    revocations.c.tenant == _bp("tenant"),
+    sa.or_(
+        *(
+            sa.and_(revocations.c.kind == _bp(f"kind{i}"), revocations.c.value == _bp(f"value{i}"))
+            for i in range(4)
+        )
+    ),
+)
+_USES = sa.select(delegation_uses.c.uses).where(delegation_uses.c.delegation_id == _bp("id"))
+_COUNT_USE = (
+    delegation_uses.update()
+    .where(delegation_uses.c.delegation_id == _bp("id"))
+    .values(uses=delegation_uses.c.uses + 1)
+)
+_COUNT_USE_BELOW = _COUNT_USE.where(delegation_uses.c.uses < _bp("max_uses"))
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionRow:
     """A connection as stored: no secret in it."""
@@ -278,18 +324,19 @@ class BrokerStore:
     def connection(self, tenant: str, connection_id: str) -> ConnectionRow | None:
         with self.read("read connection") as conn:
             found = conn.execute(
-                connections.select().where(
-                    connections.c.tenant == tenant, connections.c.connection_id == connection_id
-                )
+                _CONNECTION, {"tenant": tenant, "connection_id": connection_id}
             ).one_or_none()
         return None if found is None else _connection(found)
 
     def connections(self, tenant: str | None = None) -> list[ConnectionRow]:
-        query = connections.select().order_by(connections.c.tenant, connections.c.connection_id)
-        if tenant is not None:
-            query = query.where(connections.c.tenant == tenant)
         with self.read("list connections") as conn:
-            return [_connection(row) for row in conn.execute(query)]
+            if tenant is not None:
+                rows = conn.execute(_TENANT_CONNECTIONS, {"tenant": tenant})
+            else:
+                rows = conn.execute(
+                    connections.select().order_by(connections.c.tenant, connections.c.connection_id)
+                )
+            return [_connection(row) for row in rows]
 
     def set_status(
         self,
@@ -317,11 +364,7 @@ class BrokerStore:
     def credential(self, tenant: str, connection_id: str, version: int) -> bytes | None:
         with self.read("read credential") as conn:
             found = conn.execute(
-                sa.select(credentials.c.sealed).where(
-                    credentials.c.tenant == tenant,
-                    credentials.c.connection_id == connection_id,
-                    credentials.c.version == version,
-                )
+                _CREDENTIAL, {"tenant": tenant, "connection_id": connection_id, "version": version}
             ).scalar_one_or_none()
         return None if found is None else bytes(found)
 
@@ -418,9 +461,7 @@ class BrokerStore:
     def access_token(self, tenant: str, connection_id: str) -> tuple[int, bytes, datetime] | None:
         with self.read("read access token") as conn:
             row = conn.execute(
-                access_tokens.select().where(
-                    access_tokens.c.tenant == tenant, access_tokens.c.connection_id == connection_id
-                )
+                _ACCESS_TOKEN, {"tenant": tenant, "connection_id": connection_id}
             ).one_or_none()
         if row is None:
             return None
@@ -494,13 +535,9 @@ class BrokerStore:
         transaction: :class:`UsesExhausted` (and nothing written) when none is left. A key seen
         before counts nothing: a replay is not a use.
         """
+        key = {"tenant": row.tenant, "key": row.idempotency_key}
         with self.write("record intent") as conn:
-            existing = conn.execute(
-                intents.select().where(
-                    intents.c.tenant == row.tenant,
-                    intents.c.idempotency_key == row.idempotency_key,
-                )
-            ).one_or_none()
+            existing = conn.execute(_INTENT, key).one_or_none()
             if existing is not None:
                 return _intent(existing)
             if use is not None and self._count_use(conn, use) is None:
@@ -521,13 +558,7 @@ class BrokerStore:
                         )
                     )
             except sa.exc.IntegrityError:
-                raced = conn.execute(
-                    intents.select().where(
-                        intents.c.tenant == row.tenant,
-                        intents.c.idempotency_key == row.idempotency_key,
-                    )
-                ).one()
-                return _intent(raced)
+                return _intent(conn.execute(_INTENT, key).one())
         return None
 
     def finish_intent(
@@ -535,16 +566,19 @@ class BrokerStore:
     ) -> None:
         with self.write("record outcome") as conn:
             conn.execute(
-                intents.update()
-                .where(intents.c.tenant == tenant, intents.c.idempotency_key == key)
-                .values(state=state.value, result=result, updated_at=at)
+                _FINISH_INTENT,
+                {
+                    "b_tenant": tenant,
+                    "b_key": key,
+                    "b_state": state.value,
+                    "b_result": result,
+                    "b_at": at,
+                },
             )
 
     def intent(self, tenant: str, key: str) -> IntentRow | None:
         with self.read("read intent") as conn:
-            row = conn.execute(
-                intents.select().where(intents.c.tenant == tenant, intents.c.idempotency_key == key)
-            ).one_or_none()
+            row = conn.execute(_INTENT, {"tenant": tenant, "key": key}).one_or_none()
         return None if row is None else _intent(row)
 
     # ------------------------------------------------------------ revocations and uses
@@ -571,17 +605,16 @@ class BrokerStore:
     def revoked(
         self, tenant: str, checks: list[tuple[RevocationKind, str]]
     ) -> list[tuple[RevocationKind, str, datetime]]:
-        """The revocations among ``checks`` (kind, value) of this tenant, one indexed query."""
-        conditions = [
-            sa.and_(revocations.c.kind == kind.value, revocations.c.value == value)
-            for kind, value in checks
-        ]
+        """The revocations among ``checks`` (at most four (kind, value) pairs) of this tenant, in
+        one indexed query."""
+        if not 0 < len(checks) <= 4:
+            raise ValueError("revoked() checks one to four (kind, value) pairs")
+        padded = [*checks, *[checks[0]] * (4 - len(checks))]
+        params: dict[str, Any] = {"tenant": tenant}
+        for i, (kind, value) in enumerate(padded):
+            params[f"kind{i}"], params[f"value{i}"] = kind.value, value
         with self.read("check revocations") as conn:
-            rows = conn.execute(
-                sa.select(revocations.c.kind, revocations.c.value, revocations.c.revoked_at).where(
-                    revocations.c.tenant == tenant, sa.or_(*conditions)
-                )
-            )
+            rows = conn.execute(_REVOKED, params)
             return [(RevocationKind(r.kind), r.value, r.revoked_at) for r in rows]
 
     def use_delegation(self, use: DelegationUse) -> int | None:
@@ -591,14 +624,14 @@ class BrokerStore:
 
     @staticmethod
     def _count_use(conn: Connection, use: DelegationUse) -> int | None:
-        key = delegation_uses.c.delegation_id == use.delegation_id
-        update = delegation_uses.update().where(key).values(uses=delegation_uses.c.uses + 1)
+        key = {"id": use.delegation_id}
+        update, params = _COUNT_USE, dict[str, Any](key)
         if use.max_uses is not None:
-            update = update.where(delegation_uses.c.uses < use.max_uses)
+            update, params = _COUNT_USE_BELOW, {**key, "max_uses": use.max_uses}
         for _attempt in range(2):
-            if conn.execute(update).rowcount == 1:
-                return int(conn.execute(sa.select(delegation_uses.c.uses).where(key)).scalar_one())
-            if conn.execute(sa.select(delegation_uses.c.uses).where(key)).first() is not None:
+            if conn.execute(update, params).rowcount == 1:
+                return int(conn.execute(_USES, key).scalar_one())
+            if conn.execute(_USES, key).first() is not None:
                 return None
             if use.max_uses is not None and use.max_uses < 1:
                 return None

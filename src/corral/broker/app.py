@@ -183,9 +183,10 @@ def create_app(broker: Broker) -> FastAPI:
         execution = await broker.execute(body.delegation, body.approval, call)
         metrics.executions.labels(execution.tool, execution.status).inc()
         metrics.latency.labels(execution.tool).observe(time.perf_counter() - started)
-        # W3C Server-Timing: the broker's own time and the time spent waiting on the provider.
+        # W3C Server-Timing: the broker's own time, the wait for a provider slot, the provider.
         response.headers["Server-Timing"] = (
-            f"broker;dur={execution.broker_ms:.3f}, provider;dur={execution.provider_ms:.3f}"
+            f"broker;dur={execution.broker_ms:.3f}, queue;dur={execution.queue_ms:.3f}, "
+            f"provider;dur={execution.provider_ms:.3f}"
         )
         return execution.to_json()
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from corral.audit import note
 from corral.broker._store import BrokerStore
-from corral.broker._timing import TimedTransport
+from corral.broker._timing import ProviderTransport
 from corral.broker.approval import ApprovalSigner, ApprovalVerifier, load_or_create_signer
 from corral.broker.delegation import DelegationKeys, DelegationSigner
 from corral.broker.executor import Broker
@@ -110,7 +110,10 @@ def open_broker(
     vault = Vault(store, key_provider(settings, clock), clock)
     signer = delegation_signer(settings)
     http = httpx.AsyncClient(
-        transport=TimedTransport(transport or httpx.AsyncHTTPTransport()),
+        transport=ProviderTransport(
+            transport or httpx.AsyncHTTPTransport(),
+            max_in_flight=settings.broker.provider_max_in_flight,
+        ),
         timeout=httpx.Timeout(settings.broker.provider_timeout_s),
         follow_redirects=False,
         headers={"user-agent": "corral-broker/0.1"},

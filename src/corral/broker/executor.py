@@ -119,6 +119,7 @@ class Execution:
     replayed: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     provider_ms: float = 0.0
+    queue_ms: float = 0.0
     broker_ms: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -285,8 +286,10 @@ class Broker:
         started = time.perf_counter()
         with provider_time() as waited:
             execution = await self._execute(delegation, approval, call)
-        execution.provider_ms = waited[0] * 1000
-        execution.broker_ms = (time.perf_counter() - started) * 1000 - execution.provider_ms
+        execution.provider_ms = waited.provider * 1000
+        execution.queue_ms = waited.queue * 1000
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        execution.broker_ms = elapsed_ms - execution.provider_ms - execution.queue_ms
         log.info(
             "execute tenant=%s agent=%s tool=%s status=%s broker_ms=%.1f provider_ms=%.1f",
             call.tenant, call.agent, call.tool, execution.status,

@@ -70,6 +70,9 @@ class BrokerSettings(_Section):
     )
     approval_max_ttl_s: float = Field(60.0, gt=0, le=300, description="longest approval accepted")
     provider_timeout_s: float = Field(15.0, gt=0, description="per provider HTTP request")
+    provider_max_in_flight: int = Field(
+        16, ge=1, le=1024, description="requests in flight per provider host; more wait"
+    )
     refresh_lease_s: float = Field(30.0, gt=0, description="one refresh per connection at a time")
 
     @model_validator(mode="after")
