@@ -101,15 +101,16 @@ def picture(path: Path, local: _broker_exec.Samples, remote: _broker_exec.Sample
         panels.append(("Unix socket, 200 concurrent", remote))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, samples) in zip(axes[0], panels, strict=True):
-        top = percentile(samples.broker_ms, 99.9) * 1.5
-        ax.hist([min(x, top) for x in samples.broker_ms], bins=60, alpha=0.8,
-                label="broker overhead")  # fmt: skip
-        ax.hist([min(x, top) for x in samples.provider_ms], bins=60, alpha=0.6,
-                label="provider (fake) time")  # fmt: skip
+        values = samples.broker_ms + samples.provider_ms
+        low, high = max(min(values), 0.01), max(values)
+        bins = [low * (high / low) ** (i / 60) for i in range(61)]
+        ax.hist(samples.broker_ms, bins=bins, alpha=0.8, label="broker overhead")
+        ax.hist(samples.provider_ms, bins=bins, alpha=0.6, label="provider (fake) time")
         ax.axvline(_broker_exec.EXECUTE_TARGET_MS, color="red", linestyle="--",
-                   label="target p99 5 ms")  # fmt: skip
+                   label="target: overhead p99 5 ms")  # fmt: skip
+        ax.set_xscale("log")
         ax.set_title(title)
-        ax.set_xlabel("ms per call")
+        ax.set_xlabel("ms per call (log scale)")
         ax.set_ylabel("calls")
         ax.legend()
     fig.suptitle("corral broker: time per /execute call")
