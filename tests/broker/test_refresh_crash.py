@@ -15,52 +15,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from corral.broker._store import ConnectionStatus
 from corral.broker.assembly import control_approval_signer, open_broker
 from corral.broker.oauth import AuditEvents, TokenSource
 from corral.broker.vault import ConnectionUnusable
 from corral.core.settings import load_settings
-from corral.fakes import combined_app, create_fakes
+from tests.broker._served import served_fixture  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "brightsmile"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(name="served", scope="module")
-def served_fixture() -> Iterator[tuple[dict[str, Any], str]]:
-    fakes = create_fakes()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(combined_app(fakes), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the fakes server did not start"
-        time.sleep(0.01)
-    yield dict(fakes), f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
 
 
 def _setup(tmp: Path, served: tuple[dict[str, Any], str], provider: str) -> Path:

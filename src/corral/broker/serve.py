@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,14 +24,37 @@ from corral.broker.assembly import open_broker
 from corral.core.settings import Settings
 
 
-def _servers(settings: Settings, socket: Path, app: object) -> list[uvicorn.Server]:
-    servers = [
-        uvicorn.Server(uvicorn.Config(app, uds=str(socket), log_level="warning", access_log=False))  # type: ignore[arg-type]
-    ]
+def _unix_listener(path: Path) -> socket.socket:
+    """The Unix socket, bound with mode 0600 from the start (uvicorn's own ``uds=`` would chmod
+    it to 0666 after binding)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    listener.listen(1024)
+    return listener
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :func:`serve`: one SIGTERM stops every listener,
+    then the socket is removed and the process exits 0 (uvicorn alone re-raises the signal
+    after its own shutdown, which would skip that cleanup)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _servers(settings: Settings, app: object) -> list[uvicorn.Server]:
+    config = uvicorn.Config(app, log_level="warning", access_log=False)  # type: ignore[arg-type]
+    servers: list[uvicorn.Server] = [_Server(config)]
     broker = settings.broker
     if broker.tcp_host is not None:
         servers.append(
-            uvicorn.Server(
+            _Server(
                 uvicorn.Config(
                     app,  # type: ignore[arg-type]
                     host=broker.tcp_host,
@@ -43,22 +70,32 @@ def _servers(settings: Settings, socket: Path, app: object) -> list[uvicorn.Serv
 
 
 async def serve(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-    """Serve until cancelled or signalled (uvicorn handles SIGINT/SIGTERM)."""
-    socket = settings.broker_socket()
-    socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if socket.exists():
-        socket.unlink()
+    """Serve until SIGINT or SIGTERM, then stop every listener and remove the socket."""
+    path = settings.broker_socket()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        path.unlink()
     parts = open_broker(settings, transport=transport)
     app = create_app(parts.broker)
-    old_umask = os.umask(0o177)  # the socket is created 0600
+    listener = _unix_listener(path)
+    unix, *tcp = servers = _servers(settings, app)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _stop, servers)
     try:
-        servers = _servers(settings, socket, app)
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(unix.serve(sockets=[listener]), *(server.serve() for server in tcp))
     finally:
-        os.umask(old_umask)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        listener.close()
         await parts.aclose()
-        if socket.exists():
-            socket.unlink()
+        if path.exists():
+            path.unlink()
+
+
+def _stop(servers: list[uvicorn.Server]) -> None:
+    for server in servers:
+        server.should_exit = True
 
 
 def run(settings: Settings) -> None:
