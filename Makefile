@@ -20,6 +20,7 @@ install: $(VENV)/.installed node_modules/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/corral audit demo --data-dir .corral/demo
+	$(VENV)/bin/corral broker demo --data-dir .corral/broker-demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

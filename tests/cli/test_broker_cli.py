@@ -97,3 +97,14 @@ def test_revoke_a_connection_and_rotate_keys(tmp_path: Path) -> None:
     assert _kinds(tmp_path, "t1") == ["credential.connected", "credential.revoked"]
     code, _, err = _invoke(tmp_path, "revoke", "--tenant", "t1")
     assert code == 1 and "exactly one" in err
+
+
+def test_the_broker_demo_runs_every_tool_and_finds_no_secret(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["broker", "demo", "--data-dir", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.count("HTTP 200, succeeded") == 14 and out.count("succeeded (replayed)") == 1
+    assert out.count("HTTP 403, refused") == 4
+    assert "credentials and tokens; none found" in out
+    again = runner.invoke(app, ["broker", "demo", "--data-dir", str(tmp_path / "demo")])
+    assert again.exit_code == 0  # a second run starts afresh

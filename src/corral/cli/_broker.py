@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +24,7 @@ from rich.table import Table
 from corral.audit.chain import open_chain
 from corral.broker._store import RevocationKind
 from corral.broker.assembly import BrokerParts, control_approval_signer, open_broker
+from corral.broker.demo import run_broker_demo
 from corral.broker.events import to_entries
 from corral.broker.keys import LocalKeyProvider
 from corral.cli._console import App, app_of
@@ -263,6 +265,35 @@ def rotate_key(ctx: typer.Context) -> None:
         with cli.progress("rewrapping data keys") as progress:
             count = parts.broker.vault.rotate_key(progress)
     cli.out.print(f"rewrapped {count} data keys under master key {new_key}", markup=False)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="wiped if a previous demo made it")],
+) -> None:
+    """A dental clinic's agents use all six providers through the broker (local sandboxes)."""
+    cli = app_of(ctx)
+    report = run_broker_demo(data_dir)
+    out = cli.out
+    out.print("Bright Smile Dental: every call goes through the broker (local provider sandboxes)")
+    for n, step in enumerate(report.steps, 1):
+        timing = f" [{step.broker_ms:.1f} ms in the broker]" if step.broker_ms is not None else ""
+        out.print(
+            f"{n:>2}. {step.agent} {step.what} ({step.tool}): HTTP {step.http_status}, "
+            f"{step.outcome}: {step.detail}{timing}",
+            markup=False,
+        )
+    kinds = ", ".join(sorted({event["kind"] for event in report.events}))
+    cli.out.print(f"Audit events the broker reported: {len(report.events)} ({kinds})", markup=False)
+    verdict = "none found" if not report.leaks else f"FOUND {', '.join(report.leaks)}"
+    cli.out.print(
+        f"Secrets searched for in {report.bytes_scanned:,} bytes of answers: "
+        f"{report.secrets_checked} credentials and tokens; {verdict}",
+        markup=False,
+    )
+    if report.leaks:
+        raise typer.Exit(1)
 
 
 @app.command()
