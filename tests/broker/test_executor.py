@@ -270,3 +270,38 @@ def test_combined_app_mounts_every_fake(world: World) -> None:
     app = combined_app(world.fakes)
     paths = sorted(route.path for route in app.routes)  # type: ignore[attr-defined]
     assert paths == sorted(f"/{name}" for name in world.fakes)
+
+
+def test_a_refusal_while_reconciling_keeps_the_outcome_unknown(world: World) -> None:
+    world.fakes["twilio"].faults.lose_answer("/Messages.json")
+    call = world.call("twilio.send_sms", {"to": "+13105550123", "body": "did it go?"})
+    body = {
+        "delegation": world.delegate(["twilio.*"]),
+        "approval": world.approve(call),
+        "call": call,
+    }
+    assert run(world.post("/execute", body)).json()["status"] == "unknown"
+    world.fakes["twilio"].faults.fail(
+        "/Messages.json", 429, b'{"code": 20429, "message": "Too Many Requests", "status": 429}'
+    )
+    retry = run(world.post("/execute", body)).json()
+    assert retry["status"] == "unknown"  # never "failed": the first send may have gone out
+    settled = run(world.post("/execute", body)).json()
+    assert settled["status"] == "succeeded"
+    fake: Any = world.fakes["twilio"]
+    assert len(fake.messages(world.fields["twilio"]["account_sid"])) == 1
+
+
+def test_reconcile_turns_a_refusal_into_unknown_never_failed(world: World) -> None:
+    from dataclasses import replace
+
+    from corral.broker.scrub import Scrubber
+    from corral.connectors import OutcomeUnknown, ProviderRejected
+
+    async def refuses(_ctx: Any, _args: Any) -> dict[str, Any] | None:
+        raise ProviderRejected("twilio", "could not reach twilio", retryable=True)
+
+    tool = replace(catalog()["twilio.send_sms"], reconcile=refuses)
+    args = tool.parse_args({"to": "+13105550123", "body": "x"})
+    with pytest.raises(OutcomeUnknown, match="could not ask the provider"):
+        run(world.broker._reconcile(tool, args, None, None, Scrubber()))  # type: ignore[arg-type]

@@ -3,7 +3,6 @@ description and its supplement (``specs/calendly/``)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -29,16 +28,14 @@ from corral.connectors._base import (
 from corral.connectors.calendly import BOOK, CANCEL_EVENT, PROVIDER
 from corral.core.clock import ManualClock
 from corral.fakes.calendly import CalendlyFake
-from tests.connectors._harness_b import (
-    InjectedFaults,
+from tests.connectors._harness import (
     calendly_contract,
     calendly_contract_as_published,
+    checked,
     clock,
     connect,
     contract_problems,
-    failing_client,
     leaked,
-    root,
     run,
 )
 
@@ -49,10 +46,8 @@ START, END = "2026-03-04T10:00:00-08:00", "2026-03-04T10:30:00-08:00"
 @pytest.fixture
 def fake() -> Iterator[CalendlyFake]:
     """A fresh fake; after the test, every exchange it saw must fit the description."""
-    fake = CalendlyFake(clock())
-    fake.faults = InjectedFaults()
-    yield fake
-    assert contract_problems(fake, calendly_contract()) == []
+    with checked(CalendlyFake(clock()), calendly_contract()) as fake:
+        yield fake
 
 
 def book_args(event_type: str, **changes: Any) -> Any:
@@ -179,7 +174,7 @@ def test_book_refuses_a_span_other_than_the_duration_and_sends_nothing(
         assert refused.value.code == "duration_mismatch"
         assert not any(e.path == "/invitees" for e in fake.exchanges)
         assert fake.scheduled_events() == []
-    assert contract_problems(fake, calendly_contract()) == []
+    assert contract_problems(calendly_contract(), fake.exchanges) == []
 
 
 def test_a_taken_slot_is_refused_as_already_filled(fake: CalendlyFake) -> None:
@@ -300,22 +295,11 @@ def test_cancelling_a_past_event_is_rejected(fake: CalendlyFake) -> None:
 # --- auth, refresh, errors ----------------------------------------------------------------------
 
 
-def test_refresh_rotates_and_the_used_refresh_token_is_refused(fake: CalendlyFake) -> None:
+def test_refresh_authenticates_the_client_in_a_header(fake: CalendlyFake) -> None:
+    """Rotation itself is ``test_http.test_a_rotating_refresh_...``; Calendly's web clients
+    authenticate with HTTP Basic, not in the form."""
     fields = fake.new_connection()
-    endpoints = fake.endpoints(root(fake))
-
-    async def scenario(http: httpx.AsyncClient) -> str:
-        assert PROVIDER.refresh is not None
-        grant = await PROVIDER.refresh(http, endpoints, Credential(fields))
-        assert grant.refresh_token is not None and grant.refresh_token != fields["refresh_token"]
-        assert grant.expires_in == 7200
-        with pytest.raises(InvalidGrant) as refused:
-            await PROVIDER.refresh(http, endpoints, Credential(fields))
-        assert (refused.value.status, refused.value.code) == (400, "invalid_grant")
-        rotated = {**fields, "refresh_token": grant.refresh_token}
-        return (await PROVIDER.refresh(http, endpoints, Credential(rotated))).access_token
-
-    assert run(fake, scenario)
+    run(fake, lambda http: connect(http, fake, PROVIDER, fields))
     assert "authorization" in {k.lower() for k in fake.exchanges[0].headers}
 
 
@@ -357,19 +341,6 @@ def test_error_answers_keep_their_class(
         retryable,
     )
     assert fake.scheduled_events() == []
-
-
-def test_transport_failures_say_whether_anything_was_sent() -> None:
-    async def attempt(error: type[httpx.TransportError]) -> ConnectorError:
-        async with failing_client(error) as http:
-            ctx = CallContext(http, PROVIDER.endpoints, Credential({}, "token"), "k")
-            with pytest.raises(ConnectorError) as raised:
-                await CANCEL_EVENT.execute(ctx, cancel_args("EV1"))
-            return raised.value
-
-    never_sent = asyncio.run(attempt(httpx.ConnectError))
-    assert type(never_sent) is ProviderRejected and never_sent.retryable
-    assert type(asyncio.run(attempt(httpx.ReadTimeout))) is OutcomeUnknown
 
 
 def test_no_credential_value_reaches_a_result_or_an_error(fake: CalendlyFake) -> None:

@@ -3,7 +3,6 @@ API 2.0 descriptions (``specs/gohighlevel/``)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from corral.connectors._base import (
     AuthRejected,
     CallContext,
     ConnectorError,
-    Credential,
     EffectKind,
     InvalidArguments,
     InvalidGrant,
@@ -27,16 +25,13 @@ from corral.connectors._base import (
 )
 from corral.connectors.ghl import BOOK_APPOINTMENT, PROVIDER, SEND_MESSAGE, UPSERT_CONTACT
 from corral.fakes.ghl import GhlFake
-from tests.connectors._harness_b import (
-    InjectedFaults,
+from tests.connectors._harness import (
+    checked,
     clock,
     connect,
-    contract_problems,
-    failing_client,
     ghl_contract,
     ghl_contract_as_published,
     leaked,
-    root,
     run,
 )
 
@@ -46,10 +41,8 @@ SLOT = {"start": "2026-03-04T10:00:00-08:00", "end": "2026-03-04T10:30:00-08:00"
 @pytest.fixture
 def fake() -> Iterator[GhlFake]:
     """A fresh fake; after the test, every exchange it saw must fit the description."""
-    fake = GhlFake(clock())
-    fake.faults = InjectedFaults()
-    yield fake
-    assert contract_problems(fake, ghl_contract()) == []
+    with checked(GhlFake(clock()), ghl_contract()) as fake:
+        yield fake
 
 
 @dataclasses.dataclass
@@ -314,33 +307,22 @@ def test_an_unknown_calendar_is_rejected(fake: GhlFake) -> None:
 # --- auth, refresh, errors ----------------------------------------------------------------------
 
 
-def test_refresh_rotates_and_the_used_refresh_token_is_refused(fake: GhlFake) -> None:
+def test_a_used_refresh_token_is_refused_in_words_and_a_grant_names_the_location(
+    fake: GhlFake,
+) -> None:
+    """Rotation itself is ``test_http.test_a_rotating_refresh_...``; HighLevel's refusal says
+    ``invalid_grant`` in words only."""
     fields = fake.new_connection()
-    endpoints = fake.endpoints(root(fake))
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        assert PROVIDER.refresh is not None
-        grant = await PROVIDER.refresh(http, endpoints, Credential(fields))
-        assert grant.refresh_token not in (None, fields["refresh_token"])
-        assert grant.expires_in == 86399
+        await connect(http, fake, PROVIDER, fields)
         with pytest.raises(InvalidGrant) as refused:
-            await PROVIDER.refresh(http, endpoints, Credential(fields))
+            await connect(http, fake, PROVIDER, fields)
         assert (refused.value.status, refused.value.code) == (400, "invalid_grant")
         assert refused.value.message == "Invalid grant: refresh token is invalid"
 
     run(fake, scenario)
     assert json.loads(fake.exchanges[0].response_body)["locationId"] == fields["location_id"]
-
-
-def test_a_wrong_client_secret_is_rejected_not_an_invalid_grant(fake: GhlFake) -> None:
-    fields = {**fake.new_connection(), "client_secret": "wrong"}
-
-    async def scenario(http: httpx.AsyncClient) -> None:
-        await connect(http, fake, PROVIDER, fields)
-
-    with pytest.raises(ProviderRejected) as refused:
-        run(fake, scenario)
-    assert (refused.value.status, refused.value.code) == (401, "Unauthorized")
 
 
 def test_an_expired_token_is_auth_rejected(fake: GhlFake) -> None:
@@ -407,21 +389,6 @@ def test_error_answers_keep_their_class_and_message(
         message,
         retryable,
     )
-
-
-def test_transport_failures_say_whether_anything_was_sent() -> None:
-    async def attempt(error: type[httpx.TransportError]) -> ConnectorError:
-        async with failing_client(error) as http:
-            credential = Credential({"location_id": "L1"}, "token")
-            ctx = CallContext(http, PROVIDER.endpoints, credential, "k")
-            args = SEND_MESSAGE.parse_args({"contact_id": "C1", "type": "SMS", "message": "Hi"})
-            with pytest.raises(ConnectorError) as raised:
-                await SEND_MESSAGE.execute(ctx, args)
-            return raised.value
-
-    never_sent = asyncio.run(attempt(httpx.ConnectError))
-    assert type(never_sent) is ProviderRejected and never_sent.retryable
-    assert type(asyncio.run(attempt(httpx.WriteTimeout))) is OutcomeUnknown
 
 
 def test_no_credential_value_reaches_a_result_or_an_error(fake: GhlFake) -> None:

@@ -3,7 +3,6 @@ document and the OAuth supplement (``specs/google-calendar/``)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import re
@@ -34,17 +33,7 @@ from corral.connectors.google_calendar import (
     event_id_for,
 )
 from corral.fakes.google_calendar import GoogleCalendarFake
-from tests.connectors._harness_b import (
-    InjectedFaults,
-    clock,
-    connect,
-    contract_problems,
-    failing_client,
-    google_contract,
-    leaked,
-    root,
-    run,
-)
+from tests.connectors._harness import checked, clock, connect, google_contract, leaked, root, run
 
 CALENDAR = "lee@brightsmile.example"
 SLOT = {"start": "2026-03-04T10:00:00-08:00", "end": "2026-03-04T10:30:00-08:00"}
@@ -55,10 +44,8 @@ KEYS = st.from_regex(r"[0-9A-Za-z_-]{1,50}", fullmatch=True)  # CallContext.idem
 @pytest.fixture
 def fake() -> Iterator[GoogleCalendarFake]:
     """A fresh fake; after the test, every exchange it saw must fit the description."""
-    fake = GoogleCalendarFake(clock())
-    fake.faults = InjectedFaults()
-    yield fake
-    assert contract_problems(fake, google_contract()) == []
+    with checked(GoogleCalendarFake(clock()), google_contract()) as fake:
+        yield fake
 
 
 def insert_args(**changes: Any) -> Any:
@@ -398,40 +385,6 @@ def test_a_revoked_refresh_token_is_an_invalid_grant(fake: GoogleCalendarFake) -
     with pytest.raises(InvalidGrant) as refused:
         run(fake, scenario)
     assert (refused.value.status, refused.value.code) == (400, "invalid_grant")
-
-
-def test_a_wrong_client_secret_is_rejected_not_an_invalid_grant(fake: GoogleCalendarFake) -> None:
-    fields = {**fake.new_connection(CALENDAR), "client_secret": "wrong"}
-
-    async def scenario(http: httpx.AsyncClient) -> None:
-        await connect(http, fake, PROVIDER, fields)
-
-    with pytest.raises(ProviderRejected) as refused:
-        run(fake, scenario)
-    assert (refused.value.status, refused.value.code) == (401, "invalid_client")
-
-
-@pytest.mark.parametrize(
-    ("error", "outcome", "retryable"),
-    [
-        (httpx.ConnectError, ProviderRejected, True),
-        (httpx.ConnectTimeout, ProviderRejected, True),
-        (httpx.ReadTimeout, OutcomeUnknown, False),
-        (httpx.RemoteProtocolError, OutcomeUnknown, False),
-    ],
-)
-def test_transport_failures_say_whether_anything_was_sent(
-    error: type[httpx.TransportError], outcome: type[ConnectorError], retryable: bool
-) -> None:
-    async def scenario() -> None:
-        async with failing_client(error) as http:
-            ctx = CallContext(http, PROVIDER.endpoints, Credential({}, "ya29.token"), "k")
-            await INSERT_EVENT.execute(ctx, insert_args())
-
-    with pytest.raises(outcome) as raised:
-        asyncio.run(scenario())
-    assert type(raised.value) is outcome
-    assert raised.value.retryable is retryable
 
 
 def test_no_credential_value_reaches_a_result_or_an_error(fake: GoogleCalendarFake) -> None:

@@ -12,35 +12,30 @@ import pytest
 
 from corral.connectors._base import (
     AuthRejected,
-    CallContext,
-    ConnectorError,
     Credential,
     EffectKind,
-    Endpoints,
     InvalidArguments,
     OutcomeUnknown,
     ProviderRejected,
     Tool,
 )
 from corral.connectors.stripe import API_VERSION, CREATE_PAYMENT_INTENT, CREATE_REFUND, PROVIDER
-from corral.core.clock import ManualClock
 from corral.fakes.stripe import StripeFake
-from tests.connectors._harness_a import (
-    START,
+from tests.connectors._harness import (
     STRIPE,
-    assert_fits_contract,
-    assert_no_secrets,
-    client,
-    contract_problems,
+    call,
+    checked,
+    clock,
+    leaked,
+    problems_sending,
     run,
 )
 
 
 @pytest.fixture
 def fake() -> Iterator[StripeFake]:
-    fake = StripeFake(clock=ManualClock(START))
-    yield fake
-    assert_fits_contract(fake, STRIPE)
+    with checked(StripeFake(clock=clock()), STRIPE, check_written=True) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -52,43 +47,27 @@ def connection(fake: StripeFake) -> dict[str, str]:
 def paid(fake: StripeFake, connection: dict[str, str]) -> str:
     """A succeeded PaymentIntent of 5000 usd (confirmed with the test card ``pm_card_visa``)."""
 
-    async def pay() -> str:
-        async with client(fake) as http:
-            response = await http.post(
-                "http://stripe.fake/v1/payment_intents",
-                data={
-                    "amount": "5000",
-                    "currency": "usd",
-                    "confirm": "true",
-                    "payment_method": "pm_card_visa",
-                },
-                headers={"Authorization": f"Bearer {connection['api_key']}"},
-            )
+    async def pay(http: httpx.AsyncClient) -> str:
+        response = await http.post(
+            "http://stripe.fake/v1/payment_intents",
+            data={
+                "amount": "5000",
+                "currency": "usd",
+                "confirm": "true",
+                "payment_method": "pm_card_visa",
+            },
+            headers={"Authorization": f"Bearer {connection['api_key']}"},
+        )
         assert response.json()["status"] == "succeeded"
         return str(response.json()["id"])
 
-    return run(pay())
+    return run(fake, pay)
 
 
-def _ctx(http: httpx.AsyncClient, fields: dict[str, str], key: str) -> CallContext:
-    return CallContext(http, Endpoints(api="http://stripe.fake"), Credential(fields), key)
-
-
-async def _call(
-    fake: StripeFake,
-    tool: Tool[Any],
-    fields: dict[str, str],
-    raw: dict[str, Any],
-    *,
-    key: str = "call-1",
-    reconcile: bool = False,
+def _call(
+    fake: StripeFake, tool: Tool[Any], fields: dict[str, str], raw: dict[str, Any], **options: Any
 ) -> dict[str, Any] | None:
-    async with client(fake) as http:
-        ctx, args = _ctx(http, fields, key), tool.parse_args(raw)
-        if reconcile:
-            assert tool.reconcile is not None
-            return await tool.reconcile(ctx, args)
-        return await tool.execute(ctx, args)
+    return call(fake, tool, raw, Credential(fields), **options)
 
 
 def _stripe_error(kind: str, message: str, code: str | None = None) -> bytes:
@@ -199,7 +178,7 @@ def test_bad_payment_intent_arguments_are_refused(raw: dict[str, Any]) -> None:
 def test_create_refund_refunds_the_payment(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
-    result = run(_call(fake, CREATE_REFUND, connection, _refund(paid, reason="duplicate")))
+    result = _call(fake, CREATE_REFUND, connection, _refund(paid, reason="duplicate"))
     [refund] = fake.refunds(connection["api_key"])
     assert result == {
         "refund_id": refund["id"],
@@ -213,7 +192,7 @@ def test_create_refund_refunds_the_payment(
 def test_create_refund_sends_the_version_and_the_idempotency_key(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
-    run(_call(fake, CREATE_REFUND, connection, _refund(paid), key="key-7"))
+    _call(fake, CREATE_REFUND, connection, _refund(paid), key="key-7")
     sent = fake.exchanges[-1].headers
     assert (sent["stripe-version"], sent["idempotency-key"]) == (API_VERSION, "key-7")
     assert sent["authorization"] == f"Bearer {connection['api_key']}"
@@ -224,7 +203,7 @@ def test_create_payment_intent_never_returns_the_client_secret(
 ) -> None:
     customer = fake.add_customer(connection["api_key"])
     raw = {"amount": 12000, "currency": "usd", "customer": customer, "description": "Crown"}
-    result = run(_call(fake, CREATE_PAYMENT_INTENT, connection, raw))
+    result = _call(fake, CREATE_PAYMENT_INTENT, connection, raw)
     [intent] = fake.payment_intents(connection["api_key"])
     assert result == {
         "payment_intent_id": intent["id"],
@@ -238,7 +217,7 @@ def test_create_payment_intent_never_returns_the_client_secret(
 
 def test_a_wrong_key_is_auth_rejected(fake: StripeFake, paid: str) -> None:
     with pytest.raises(AuthRejected) as caught:
-        run(_call(fake, CREATE_REFUND, {"api_key": "sk_test_wrong"}, _refund(paid)))
+        _call(fake, CREATE_REFUND, {"api_key": "sk_test_wrong"}, _refund(paid))
     assert caught.value.status == 401
 
 
@@ -246,7 +225,7 @@ def test_a_refund_too_large_is_provider_rejected_with_stripe_code(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid, 5001)))
+        _call(fake, CREATE_REFUND, connection, _refund(paid, 5001))
     assert type(caught.value) is ProviderRejected
     assert (caught.value.status, caught.value.code, caught.value.retryable) == (
         400,
@@ -260,7 +239,7 @@ def test_a_refund_in_another_currency_is_refused(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
     with pytest.raises(ProviderRejected):
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid, currency="eur")))
+        _call(fake, CREATE_REFUND, connection, _refund(paid, currency="eur"))
     assert fake.refunds(connection["api_key"]) == []
 
 
@@ -270,7 +249,7 @@ def test_too_many_requests_is_retryable(
     body = _stripe_error("invalid_request_error", "Too many requests.", "rate_limit")
     fake.faults.fail("/v1/refunds", 429, body)
     with pytest.raises(ProviderRejected) as caught:
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
+        _call(fake, CREATE_REFUND, connection, _refund(paid))
     assert (caught.value.code, caught.value.retryable) == ("rate_limit", True)
     assert fake.refunds(connection["api_key"]) == []
 
@@ -280,33 +259,7 @@ def test_a_server_error_is_an_unknown_outcome(
 ) -> None:
     fake.faults.fail("/v1/refunds", 500, _stripe_error("api_error", "Something went wrong."))
     with pytest.raises(OutcomeUnknown):
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
-
-
-@pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (httpx.ConnectError("refused"), ProviderRejected),
-        (httpx.ReadTimeout("slow"), OutcomeUnknown),
-        (httpx.WriteError("reset"), OutcomeUnknown),
-    ],
-    ids=["connect-error", "read-timeout", "write-error"],
-)
-def test_transport_failures_say_whether_it_may_have_acted(
-    error: httpx.HTTPError, expected: type[ConnectorError]
-) -> None:
-    def fail(request: httpx.Request) -> httpx.Response:
-        raise error
-
-    async def call() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as http:
-            ctx = _ctx(http, {"api_key": "sk_test_x"}, "k")
-            await CREATE_REFUND.execute(ctx, CREATE_REFUND.parse_args(_refund("pi_1")))
-
-    with pytest.raises(expected) as caught:
-        run(call())
-    assert type(caught.value) is expected
-    assert caught.value.retryable is (expected is ProviderRejected)
+        _call(fake, CREATE_REFUND, connection, _refund(paid))
 
 
 # --- idempotency and reconciling ----------------------------------------------------------------
@@ -315,8 +268,8 @@ def test_transport_failures_say_whether_it_may_have_acted(
 def test_a_retry_with_the_same_key_refunds_once(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
-    first = run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
-    again = run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
+    first = _call(fake, CREATE_REFUND, connection, _refund(paid))
+    again = _call(fake, CREATE_REFUND, connection, _refund(paid))
     assert first == again
     assert len(fake.refunds(connection["api_key"])) == 1
     assert fake.exchanges[-1].response_headers["idempotent-replayed"] == "true"
@@ -325,9 +278,9 @@ def test_a_retry_with_the_same_key_refunds_once(
 def test_the_same_key_with_other_arguments_is_an_idempotency_error(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
-    run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
+    _call(fake, CREATE_REFUND, connection, _refund(paid))
     with pytest.raises(ProviderRejected) as caught:
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid, 1600)))
+        _call(fake, CREATE_REFUND, connection, _refund(paid, 1600))
     assert caught.value.code == "idempotency_error"
     assert len(fake.refunds(connection["api_key"])) == 1
 
@@ -337,9 +290,9 @@ def test_a_lost_refund_answer_is_unknown_and_reconcile_finds_the_refund(
 ) -> None:
     fake.faults.lose_answer("/v1/refunds")
     with pytest.raises(OutcomeUnknown):
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid)))
+        _call(fake, CREATE_REFUND, connection, _refund(paid))
     [refund] = fake.refunds(connection["api_key"])
-    found = run(_call(fake, CREATE_REFUND, connection, _refund(paid), reconcile=True))
+    found = _call(fake, CREATE_REFUND, connection, _refund(paid), reconcile=True)
     assert found is not None and found["refund_id"] == refund["id"]
     assert len(fake.refunds(connection["api_key"])) == 1
 
@@ -350,8 +303,8 @@ def test_a_lost_payment_intent_answer_is_reconciled_once(
     raw = {"amount": 900, "currency": "usd"}
     fake.faults.lose_answer("/v1/payment_intents")
     with pytest.raises(OutcomeUnknown):
-        run(_call(fake, CREATE_PAYMENT_INTENT, connection, raw))
-    found = run(_call(fake, CREATE_PAYMENT_INTENT, connection, raw, reconcile=True))
+        _call(fake, CREATE_PAYMENT_INTENT, connection, raw)
+    found = _call(fake, CREATE_PAYMENT_INTENT, connection, raw, reconcile=True)
     [intent] = fake.payment_intents(connection["api_key"])
     assert found is not None and found["payment_intent_id"] == intent["id"]
 
@@ -360,7 +313,7 @@ def test_reconcile_is_none_when_the_refund_was_refused(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
     raw = _refund(paid, 9999)
-    assert run(_call(fake, CREATE_REFUND, connection, raw, reconcile=True)) is None
+    assert _call(fake, CREATE_REFUND, connection, raw, reconcile=True) is None
     assert fake.refunds(connection["api_key"]) == []
 
 
@@ -370,7 +323,7 @@ def test_reconcile_cannot_tell_while_rate_limited(
     body = _stripe_error("invalid_request_error", "Too many requests.", "rate_limit")
     fake.faults.fail("/v1/refunds", 429, body)
     with pytest.raises(OutcomeUnknown) as caught:
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid), reconcile=True))
+        _call(fake, CREATE_REFUND, connection, _refund(paid), reconcile=True)
     assert caught.value.retryable
 
 
@@ -380,28 +333,24 @@ def test_reconcile_cannot_tell_while_rate_limited(
 def test_no_credential_value_reaches_a_result_or_an_error(
     fake: StripeFake, connection: dict[str, str], paid: str
 ) -> None:
-    texts = [json.dumps(run(_call(fake, CREATE_REFUND, connection, _refund(paid))))]
+    texts = [json.dumps(_call(fake, CREATE_REFUND, connection, _refund(paid)))]
     echo = f"Invalid API Key provided: {connection['api_key']}"
     fake.faults.fail("/v1/refunds", 401, _stripe_error("invalid_request_error", echo))
     with pytest.raises(AuthRejected) as caught:
-        run(_call(fake, CREATE_REFUND, connection, _refund(paid), key="call-2"))
+        _call(fake, CREATE_REFUND, connection, _refund(paid), key="call-2")
     texts.append(str(caught.value))
     assert "[redacted]" in texts[1]
-    assert_no_secrets(texts, Credential(connection))
+    assert leaked(texts, Credential(connection)) == []
 
 
 def test_the_contract_check_reports_a_malformed_exchange() -> None:
     fake = StripeFake()
-    api_key = fake.new_connection()["api_key"]
-
-    async def malformed() -> None:
-        async with client(fake) as http:
-            await http.post(
-                "http://stripe.fake/v1/refunds",
-                data={"payment_intent": "pi_1", "amount": "ten"},
-                headers={"Authorization": f"Bearer {api_key}"},
-            )
-
-    run(malformed())
-    problems = contract_problems(STRIPE, fake.exchanges)
+    problems = problems_sending(
+        fake,
+        STRIPE,
+        "POST",
+        "/v1/refunds",
+        data={"payment_intent": "pi_1", "amount": "ten"},
+        headers={"Authorization": f"Bearer {fake.new_connection()['api_key']}"},
+    )
     assert any("amount" in problem or "integer" in problem for problem in problems)

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 
-import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,11 +13,8 @@ from hypothesis import strategies as st
 from corral.connectors import twilio
 from corral.connectors._base import (
     AuthRejected,
-    CallContext,
-    ConnectorError,
     Credential,
     EffectKind,
-    Endpoints,
     InvalidArguments,
     OutcomeUnknown,
     ProviderRejected,
@@ -26,14 +22,13 @@ from corral.connectors._base import (
 from corral.connectors.twilio import PROVIDER, SEND_SMS
 from corral.core.clock import ManualClock
 from corral.fakes.twilio import TwilioFake
-from tests.connectors._harness_a import (
+from tests.connectors._harness import (
     START,
     TWILIO,
-    assert_fits_contract,
-    assert_no_secrets,
-    client,
-    contract_problems,
-    run,
+    call,
+    checked,
+    leaked,
+    problems_sending,
 )
 
 TO = "+14155550123"
@@ -46,9 +41,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def fake(clock: ManualClock) -> Iterator[TwilioFake]:
-    fake = TwilioFake(clock=clock)
-    yield fake
-    assert_fits_contract(fake, TWILIO)
+    with checked(TwilioFake(clock=clock), TWILIO, check_written=True) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -56,19 +50,12 @@ def connection(fake: TwilioFake) -> dict[str, str]:
     return fake.new_connection()
 
 
-def _ctx(http: httpx.AsyncClient, fields: dict[str, str], key: str = "call-1") -> CallContext:
-    return CallContext(http, Endpoints(api="http://twilio.fake"), Credential(fields), key)
+def _send(fake: TwilioFake, fields: dict[str, str], **raw: str) -> dict[str, object] | None:
+    return call(fake, SEND_SMS, raw, Credential(fields))
 
 
-async def _send(fake: TwilioFake, fields: dict[str, str], **raw: str) -> dict[str, object]:
-    async with client(fake) as http:
-        return await SEND_SMS.execute(_ctx(http, fields), SEND_SMS.parse_args(raw))
-
-
-async def _reconcile(fake: TwilioFake, fields: dict[str, str], **raw: str) -> object:
-    assert SEND_SMS.reconcile is not None
-    async with client(fake) as http:
-        return await SEND_SMS.reconcile(_ctx(http, fields), SEND_SMS.parse_args(raw))
+def _reconcile(fake: TwilioFake, fields: dict[str, str], **raw: str) -> object:
+    return call(fake, SEND_SMS, raw, Credential(fields), reconcile=True)
 
 
 def _twilio_error(code: int, message: str, status: int) -> bytes:
@@ -144,7 +131,7 @@ def test_the_tenant_country_decides_a_national_number() -> None:
 def test_send_sms_texts_from_the_connection_number(
     fake: TwilioFake, connection: dict[str, str]
 ) -> None:
-    result = run(_send(fake, connection, to="(415) 555-0123", body="See you at 10"))
+    result = _send(fake, connection, to="(415) 555-0123", body="See you at 10")
     [message] = fake.messages(connection["account_sid"])
     assert result == {"message_sid": message["sid"], "status": "queued"}
     assert (message["to"], message["from"], message["body"]) == (
@@ -155,7 +142,7 @@ def test_send_sms_texts_from_the_connection_number(
 
 
 def test_from_overrides_the_connection_number(fake: TwilioFake, connection: dict[str, str]) -> None:
-    run(_send(fake, connection, to=TO, body="hi", **{"from": "+15005550006"}))
+    _send(fake, connection, to=TO, body="hi", **{"from": "+15005550006"})
     assert fake.messages(connection["account_sid"])[0]["from"] == "+15005550006"
 
 
@@ -164,14 +151,14 @@ def test_without_any_from_number_nothing_is_sent(
 ) -> None:
     fields = {k: v for k, v in connection.items() if k != "from_number"}
     with pytest.raises(InvalidArguments, match="from"):
-        run(_send(fake, fields, to=TO, body="hi"))
+        _send(fake, fields, to=TO, body="hi")
     assert fake.exchanges == []
 
 
 def test_a_wrong_auth_token_is_auth_rejected(fake: TwilioFake, connection: dict[str, str]) -> None:
     fields = connection | {"auth_token": "0" * 32}
     with pytest.raises(AuthRejected) as caught:
-        run(_send(fake, fields, to=TO, body="hi"))
+        _send(fake, fields, to=TO, body="hi")
     assert (caught.value.status, caught.value.code) == (401, "20003")
 
 
@@ -179,7 +166,7 @@ def test_a_refused_number_is_provider_rejected_with_twilio_code(
     fake: TwilioFake, connection: dict[str, str]
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
-        run(_send(fake, connection, to="+15005550001", body="hi"))
+        _send(fake, connection, to="+15005550001", body="hi")
     assert type(caught.value) is ProviderRejected
     assert (caught.value.status, caught.value.code, caught.value.retryable) == (400, "21211", False)
     assert fake.messages(connection["account_sid"]) == []
@@ -188,7 +175,7 @@ def test_a_refused_number_is_provider_rejected_with_twilio_code(
 def test_too_many_requests_is_retryable(fake: TwilioFake, connection: dict[str, str]) -> None:
     fake.faults.fail("/Messages.json", 429, _twilio_error(20429, "Too Many Requests", 429))
     with pytest.raises(ProviderRejected) as caught:
-        run(_send(fake, connection, to=TO, body="hi"))
+        _send(fake, connection, to=TO, body="hi")
     assert (caught.value.code, caught.value.retryable) == ("20429", True)
     assert fake.messages(connection["account_sid"]) == []
 
@@ -196,36 +183,7 @@ def test_too_many_requests_is_retryable(fake: TwilioFake, connection: dict[str, 
 def test_a_server_error_is_an_unknown_outcome(fake: TwilioFake, connection: dict[str, str]) -> None:
     fake.faults.fail("/Messages.json", 503, _twilio_error(20500, "Service Unavailable", 503))
     with pytest.raises(OutcomeUnknown):
-        run(_send(fake, connection, to=TO, body="hi"))
-
-
-@pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (httpx.ConnectError("refused"), ProviderRejected),
-        (httpx.ConnectTimeout("slow"), ProviderRejected),
-        (httpx.ReadTimeout("slow"), OutcomeUnknown),
-        (httpx.RemoteProtocolError("reset"), OutcomeUnknown),
-    ],
-    ids=["connect-error", "connect-timeout", "read-timeout", "reset"],
-)
-def test_transport_failures_say_whether_it_may_have_acted(
-    connection: dict[str, str], error: httpx.HTTPError, expected: type[ConnectorError]
-) -> None:
-    def fail(request: httpx.Request) -> httpx.Response:
-        raise error
-
-    async def call() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as http:
-            await SEND_SMS.execute(
-                _ctx(http, connection), SEND_SMS.parse_args({"to": TO, "body": "hi"})
-            )
-
-    with pytest.raises(expected) as caught:
-        run(call())
-    assert type(caught.value) is expected
-    assert isinstance(caught.value, ConnectorError)
-    assert caught.value.retryable is (expected is ProviderRejected)
+        _send(fake, connection, to=TO, body="hi")
 
 
 # --- reconciling --------------------------------------------------------------------------------
@@ -236,38 +194,38 @@ def test_a_lost_answer_is_unknown_and_reconcile_finds_the_message(
 ) -> None:
     fake.faults.lose_answer("/Messages.json")
     with pytest.raises(OutcomeUnknown):
-        run(_send(fake, connection, to=TO, body="Your cleaning is tomorrow"))
+        _send(fake, connection, to=TO, body="Your cleaning is tomorrow")
     [message] = fake.messages(connection["account_sid"])
-    found = run(_reconcile(fake, connection, to=TO, body="Your cleaning is tomorrow"))
+    found = _reconcile(fake, connection, to=TO, body="Your cleaning is tomorrow")
     assert found == {"message_sid": message["sid"], "status": message["status"]}
 
 
 def test_reconcile_is_none_when_nothing_was_sent(
     fake: TwilioFake, connection: dict[str, str]
 ) -> None:
-    run(_send(fake, connection, to=TO, body="a different text"))
-    run(_send(fake, connection, to="+14155550199", body="the text"))
-    assert run(_reconcile(fake, connection, to=TO, body="the text")) is None
+    _send(fake, connection, to=TO, body="a different text")
+    _send(fake, connection, to="+14155550199", body="the text")
+    assert _reconcile(fake, connection, to=TO, body="the text") is None
 
 
 def test_reconcile_looks_back_one_day_on_twilio_clock(
     fake: TwilioFake, connection: dict[str, str], clock: ManualClock
 ) -> None:
-    run(_send(fake, connection, to=TO, body="hi"))
+    _send(fake, connection, to=TO, body="hi")
     clock.advance(twilio.RECONCILE_WINDOW - timedelta(seconds=1))
-    assert run(_reconcile(fake, connection, to=TO, body="hi")) is not None
+    assert _reconcile(fake, connection, to=TO, body="hi") is not None
     clock.advance(timedelta(seconds=2))
-    assert run(_reconcile(fake, connection, to=TO, body="hi")) is None
+    assert _reconcile(fake, connection, to=TO, body="hi") is None
 
 
 def test_reconcile_reads_every_page(
     fake: TwilioFake, connection: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(twilio, "_PAGE_SIZE", 2)
-    first = run(_send(fake, connection, to=TO, body="first"))
+    first = _send(fake, connection, to=TO, body="first")
     for n in range(4):
-        run(_send(fake, connection, to=TO, body=f"later {n}"))
-    assert run(_reconcile(fake, connection, to=TO, body="first")) == first
+        _send(fake, connection, to=TO, body=f"later {n}")
+    assert _reconcile(fake, connection, to=TO, body="first") == first
     pages = [e for e in fake.exchanges if e.method == "GET"]
     assert [e.query.get("Page") for e in pages] == [None, "1", "2"]
 
@@ -277,14 +235,14 @@ def test_reconcile_is_unknown_when_the_list_cannot_be_read(
 ) -> None:
     fake.faults.fail("/Messages.json", 404, _twilio_error(20404, "Not Found", 404))
     with pytest.raises(OutcomeUnknown):
-        run(_reconcile(fake, connection, to=TO, body="hi"))
+        _reconcile(fake, connection, to=TO, body="hi")
 
 
 def test_reconcile_with_a_wrong_token_is_auth_rejected(
     fake: TwilioFake, connection: dict[str, str]
 ) -> None:
     with pytest.raises(AuthRejected):
-        run(_reconcile(fake, connection | {"auth_token": "0" * 32}, to=TO, body="hi"))
+        _reconcile(fake, connection | {"auth_token": "0" * 32}, to=TO, body="hi")
 
 
 # --- secrets and the contract -------------------------------------------------------------------
@@ -293,26 +251,19 @@ def test_reconcile_with_a_wrong_token_is_auth_rejected(
 def test_no_credential_value_reaches_a_result_or_an_error(
     fake: TwilioFake, connection: dict[str, str]
 ) -> None:
-    texts = [json.dumps(run(_send(fake, connection, to=TO, body="hi")))]
+    texts = [json.dumps(_send(fake, connection, to=TO, body="hi"))]
     echo = f"Account {connection['account_sid']} token {connection['auth_token']} refused"
     fake.faults.fail("/Messages.json", 400, _twilio_error(21606, echo, 400))
     for fields in (connection, connection | {"auth_token": "0" * 32}):
         with pytest.raises(ProviderRejected) as caught:
-            run(_send(fake, fields, to=TO, body="hi"))
+            _send(fake, fields, to=TO, body="hi")
         texts.append(str(caught.value))
     assert "[redacted]" in texts[1]
-    assert_no_secrets(texts, Credential(connection))
+    assert leaked(texts, Credential(connection)) == []
 
 
 def test_the_contract_check_reports_a_malformed_exchange() -> None:
     fake = TwilioFake()
-    sid = fake.new_connection()["account_sid"]
-
-    async def unauthenticated() -> None:
-        async with client(fake) as http:
-            url = f"http://twilio.fake/2010-04-01/Accounts/{sid}/Messages.json"
-            await http.post(url, data={"To": TO, "Body": "hi"})
-
-    run(unauthenticated())
-    problems = contract_problems(TWILIO, fake.exchanges)
-    assert any("Security" in problem for problem in problems)
+    path = f"/2010-04-01/Accounts/{fake.new_connection()['account_sid']}/Messages.json"
+    unauthenticated = problems_sending(fake, TWILIO, "POST", path, data={"To": TO, "Body": "hi"})
+    assert any("Security" in problem for problem in unauthenticated)

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from corral.fakes.calendly import CalendlyFake
-from tests.connectors._harness_b import calendly_contract, clock
+from tests.connectors._harness import calendly_contract, clock
 
 INVITEE = {"name": "Ana Ruiz", "email": "ana@example.com", "timezone": "America/Los_Angeles"}
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from corral.core.clock import ManualClock
 from corral.fakes.ghl import GhlFake
-from tests.connectors._harness_b import START, ghl_contract
+from tests.connectors._harness import START, ghl_contract
 
 CONTACTS, CALENDARS = {"Version": "2021-07-28"}, {"Version": "2021-04-15"}
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from corral.fakes.google_calendar import GoogleCalendarFake
-from tests.connectors._harness_b import clock, google_contract
+from tests.connectors._harness import clock, google_contract
 
 CALENDAR = "lee@brightsmile.example"
 EVENTS = f"/calendar/v3/calendars/{CALENDAR}/events"

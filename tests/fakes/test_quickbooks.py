@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from corral.core.clock import ManualClock
 from corral.fakes._contract import spec_json
 from corral.fakes.quickbooks import QuickBooksFake
-from tests.connectors._harness_a import QUICKBOOKS, START, contract_problems
+from tests.connectors._harness import FAKES_START as START
+from tests.connectors._harness import QUICKBOOKS, contract_problems
 
 TOKEN = "/oauth2/v1/tokens/bearer"
 

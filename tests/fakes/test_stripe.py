@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 
 from corral.core.clock import ManualClock
 from corral.fakes.stripe import StripeFake
-from tests.connectors._harness_a import START, STRIPE, contract_problems
+from tests.connectors._harness import FAKES_START as START
+from tests.connectors._harness import STRIPE, contract_problems
 
 
 @pytest.fixture

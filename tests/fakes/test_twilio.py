@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from corral.core.clock import ManualClock
 from corral.fakes._contract import spec_json
 from corral.fakes.twilio import TwilioFake
-from tests.connectors._harness_a import START, TWILIO, contract_problems
+from tests.connectors._harness import FAKES_START as START
+from tests.connectors._harness import TWILIO, contract_problems
 
 TO = "+14155550123"
 

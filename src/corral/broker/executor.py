@@ -472,7 +472,16 @@ class Broker:
                 "an earlier attempt may have acted and this provider cannot be asked; "
                 "the outcome stays unknown until the owner checks",
             )
-        found = await tool.reconcile(ctx, args)
+        try:
+            found = await tool.reconcile(ctx, args)
+        except AuthRejected:
+            raise
+        except ProviderRejected as exc:
+            # A refusal while *asking* says nothing about whether the first attempt acted:
+            # the outcome stays unknown rather than becoming "failed".
+            raise OutcomeUnknown(
+                tool.provider, f"could not ask the provider: {exc.message}"
+            ) from None
         if found is not None:
             return "succeeded", found
         return "succeeded", await tool.execute(ctx, args)

@@ -25,9 +25,9 @@ Why the steps are what they are (``specs/NOTES.md``, "Calendly API v2"):
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,22 +37,20 @@ from pydantic import AfterValidator, Field, model_validator
 from corral.connectors._base import (
     JSON,
     Arguments,
-    AuthRejected,
     CallContext,
     ConnectorError,
     Credential,
     Effect,
     EffectKind,
     Endpoints,
-    InvalidGrant,
     OutcomeUnknown,
     Provider,
     ProviderRejected,
-    Reconcile,
     TokenGrant,
     Tool,
 )
 from corral.connectors._fields import Email, NonEmpty, Timestamp, email_key
+from corral.connectors._http import Edge
 
 __all__ = [
     "BOOK",
@@ -64,7 +62,6 @@ __all__ = [
 ]
 
 _NAME = "calendly"
-_A = TypeVar("_A", bound=Arguments)
 _EVENT_TYPE_URI = re.compile(r"https?://[^/\s]+/event_types/([A-Za-z0-9-]{1,64})\Z")
 _UUID = r"^[A-Za-z0-9-]{1,64}$"
 _ALREADY_CANCELED = "Event is already canceled"
@@ -141,25 +138,7 @@ def _cancel_effect(args: CancelEventArgs) -> Effect:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-async def _send(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One request; transport failures become the error that says whether it may have acted."""
-    try:
-        return await http.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol):
-        raise ProviderRejected(
-            _NAME, "could not reach Calendly; nothing was sent", retryable=True
-        ) from None
-    except httpx.TransportError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from Calendly ({type(exc).__name__}); it may have acted"
-        ) from None
-
-
-def _scrub(text: str, credential: Credential) -> str:
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text[:500]
+_EDGE = Edge(_NAME, "Calendly")
 
 
 def _envelope(response: httpx.Response) -> tuple[str | None, str]:
@@ -176,73 +155,14 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def _refusal(response: httpx.Response, credential: Credential) -> ConnectorError:
-    """The error for a non-2xx answer: 5xx may have acted, 401 wants a fresh token."""
-    status = response.status_code
     code, message = _envelope(response)
-    message = _scrub(message, credential)
-    if status >= 500:
-        return OutcomeUnknown(_NAME, message, status=status, code=code)
-    if status == 401:
-        return AuthRejected(_NAME, message, status=status, code=code)
-    return ProviderRejected(_NAME, message, status=status, code=code, retryable=status == 429)
+    return _EDGE.refusal(response.status_code, message, credential, code=code)
 
 
-async def _call(
-    ctx: CallContext,
-    method: str,
-    path: str,
-    *,
-    accept: tuple[int, ...] = (),
-    **kwargs: Any,
-) -> httpx.Response:
-    """Call ``ctx.endpoints.api + path`` with the bearer token; a 2xx answer or a status in
-    ``accept`` is returned, anything else raised as its :class:`ConnectorError`."""
-    headers = {"Authorization": f"Bearer {ctx.credential.access_token}"}
-    response = await _send(ctx.http, method, ctx.endpoints.api + path, headers=headers, **kwargs)
-    if response.is_success or response.status_code in accept:
-        return response
-    raise _refusal(response, ctx.credential)
-
-
-def _body(response: httpx.Response) -> Any:
-    """The JSON of a success answer; one we cannot read leaves the outcome unknown."""
-    try:
-        return response.json()
-    except ValueError:
-        raise OutcomeUnknown(
-            _NAME, f"unreadable answer (HTTP {response.status_code})", status=response.status_code
-        ) from None
-
-
-def _read(response: httpx.Response, build: Callable[[Any], dict[str, JSON]]) -> dict[str, JSON]:
-    """Build a result from a success answer; one we cannot read leaves the outcome unknown."""
-    try:
-        return build(_body(response))
-    except (KeyError, TypeError, AttributeError, IndexError):
-        raise OutcomeUnknown(
-            _NAME, f"unexpected answer (HTTP {response.status_code})", status=response.status_code
-        ) from None
-
-
-def _reconciler(
-    ask: Callable[[CallContext, _A], Awaitable[dict[str, JSON] | None]],
-) -> Reconcile[_A]:
-    """A reconcile that keeps its contract: a refusal other than 401, or an answer it cannot
-    read, means "cannot tell"."""
-
-    async def reconcile(ctx: CallContext, args: _A) -> dict[str, JSON] | None:
-        try:
-            return await ask(ctx, args)
-        except AuthRejected:
-            raise
-        except ProviderRejected as exc:
-            raise OutcomeUnknown(
-                _NAME, f"cannot tell: {exc.message}", status=exc.status, code=exc.code
-            ) from None
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise OutcomeUnknown(_NAME, "cannot tell: unexpected answer") from None
-
-    return reconcile
+async def _call(ctx: CallContext, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """:meth:`Edge.call` with the access token as bearer and Calendly's refusals."""
+    bearer = {"Authorization": f"Bearer {ctx.credential.access_token}"}
+    return await _EDGE.call(ctx, method, path, headers=bearer, refusal=_refusal, **kwargs)
 
 
 def _utc(when: datetime) -> str:
@@ -261,7 +181,7 @@ async def _check_duration(ctx: CallContext, args: BookArgs) -> None:
     """Refuse, before anything is sent, a span that is not the event type's ``duration``."""
     response = await _call(ctx, "GET", f"/event_types/{quote(args.event_type_uuid)}")
     try:
-        minutes = float(_body(response)["resource"]["duration"])
+        minutes = float(_EDGE.body(response)["resource"]["duration"])
     except (KeyError, TypeError, ValueError):
         raise ProviderRejected(_NAME, "the event type has no readable duration") from None
     if args.end_time - args.start_time != timedelta(minutes=minutes):
@@ -294,7 +214,7 @@ async def _book(ctx: CallContext, args: BookArgs) -> dict[str, JSON]:
             "timezone": args.invitee.timezone,
         },
     }
-    return _read(await _call(ctx, "POST", "/invitees", json=body), _booked)
+    return _EDGE.read(await _call(ctx, "POST", "/invitees", json=body), _booked)
 
 
 async def _scheduled_events(
@@ -302,7 +222,7 @@ async def _scheduled_events(
 ) -> AsyncIterator[Mapping[str, Any]]:
     """Every event of ``GET /scheduled_events`` for ``params``, page by page."""
     for _ in range(_MAX_PAGES):
-        body = _body(await _call(ctx, "GET", "/scheduled_events", params=params))
+        body = _EDGE.body(await _call(ctx, "GET", "/scheduled_events", params=params))
         for event in body["collection"]:
             yield event
         token = body["pagination"].get("next_page_token")
@@ -323,7 +243,7 @@ async def _find_booking(ctx: CallContext, args: BookArgs) -> dict[str, JSON] | N
 
     ``min_start_time`` is a second early because the description says "after this time".
     """
-    me = _body(await _call(ctx, "GET", "/users/me"))["resource"]["uri"]
+    me = _EDGE.body(await _call(ctx, "GET", "/users/me"))["resource"]["uri"]
     params = {
         "user": str(me),
         "invitee_email": args.invitee.email,
@@ -340,7 +260,7 @@ async def _find_booking(ctx: CallContext, args: BookArgs) -> dict[str, JSON] | N
 
 async def _invitee_of(ctx: CallContext, event_uuid: str, email: str) -> dict[str, JSON]:
     path = f"/scheduled_events/{quote(event_uuid)}/invitees"
-    body = _body(await _call(ctx, "GET", path, params={"email": email}))
+    body = _EDGE.body(await _call(ctx, "GET", path, params={"email": email}))
     invitees = [i for i in body["collection"] if email_key(i["email"]) == email_key(email)]
     if not invitees:
         raise OutcomeUnknown(_NAME, "the event exists but lists no such invitee")
@@ -369,7 +289,7 @@ async def _find_cancellation(ctx: CallContext, args: CancelEventArgs) -> dict[st
     response = await _call(ctx, "GET", path, accept=(404,))
     if response.status_code == 404:
         return None
-    status = _body(response)["resource"]["status"]
+    status = _EDGE.body(response)["resource"]["status"]
     return {"event_id": args.event_uuid, "status": "canceled"} if status == "canceled" else None
 
 
@@ -380,35 +300,11 @@ async def _refresh(
     http: httpx.AsyncClient, endpoints: Endpoints, credential: Credential
 ) -> TokenGrant:
     """RFC 6749 §6 at ``auth.calendly.com/oauth/token`` with HTTP Basic client authentication
-    (supplement ``POST /oauth/token``); the answer's ``refresh_token`` replaces the old one."""
-    if endpoints.token is None:
-        raise ProviderRejected(_NAME, "the connection has no token endpoint")
+    (supplement ``POST /oauth/token``); the answer's ``refresh_token`` replaces the old one, and
+    ``invalid_grant`` names a used or revoked one."""
     form = {"grant_type": "refresh_token", "refresh_token": credential.fields["refresh_token"]}
     client = (credential.fields["client_id"], credential.fields["client_secret"])
-    response = await _send(http, "POST", endpoints.token, data=form, auth=client)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.is_success and isinstance(body, dict) and "access_token" in body:
-        return TokenGrant(
-            access_token=str(body["access_token"]),
-            expires_in=int(body["expires_in"]),
-            refresh_token=body.get("refresh_token"),
-        )
-    raise _token_refusal(response.status_code, body, credential)
-
-
-def _token_refusal(status: int, body: Any, credential: Credential) -> ConnectorError:
-    """RFC 6749 §5.2 ``{error, error_description}``; ``invalid_grant``: a used or revoked token."""
-    error = body.get("error") if isinstance(body, dict) else None
-    described = body.get("error_description") if isinstance(body, dict) else None
-    message = _scrub(str(described or error or f"HTTP {status}"), credential)
-    if error == "invalid_grant":
-        return InvalidGrant(_NAME, message, status=status, code=error)
-    if status >= 500:
-        return OutcomeUnknown(_NAME, message, status=status, code=error)
-    return ProviderRejected(_NAME, message, status=status, code=error, retryable=status == 429)
+    return await _EDGE.refresh(http, endpoints, credential, form=form, auth=client)
 
 
 # --- declarations -------------------------------------------------------------------------------
@@ -419,7 +315,7 @@ BOOK: Tool[BookArgs] = Tool(
     args=BookArgs,
     effect=_book_effect,
     execute=_book,
-    reconcile=_reconciler(_find_booking),
+    reconcile=_EDGE.reconciler(_find_booking),
     idempotency="intent_log",
 )
 
@@ -429,7 +325,7 @@ CANCEL_EVENT: Tool[CancelEventArgs] = Tool(
     args=CancelEventArgs,
     effect=_cancel_effect,
     execute=_cancel,
-    reconcile=_reconciler(_find_cancellation),
+    reconcile=_EDGE.reconciler(_find_cancellation),
     idempotency="intent_log",
 )
 

@@ -27,9 +27,8 @@ Why it is built this way:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -38,22 +37,19 @@ from pydantic import Field, model_validator
 from corral.connectors._base import (
     JSON,
     Arguments,
-    AuthRejected,
     CallContext,
     ConnectorError,
     Credential,
     Effect,
     EffectKind,
     Endpoints,
-    InvalidGrant,
     OutcomeUnknown,
     Provider,
-    ProviderRejected,
-    Reconcile,
     TokenGrant,
     Tool,
 )
 from corral.connectors._fields import Email, NonEmpty, PhoneNumber, Timestamp, email_key
+from corral.connectors._http import Edge
 
 __all__ = [
     "BOOK_APPOINTMENT",
@@ -66,7 +62,6 @@ __all__ = [
 ]
 
 _NAME = "ghl"
-_A = TypeVar("_A", bound=Arguments)
 _CONTACTS_VERSION = "2021-07-28"
 _MESSAGES_VERSION = "2021-04-15"
 _CALENDARS_VERSION = "2021-04-15"
@@ -135,25 +130,7 @@ def _appointment_effect(args: BookAppointmentArgs) -> Effect:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-async def _send(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One request; transport failures become the error that says whether it may have acted."""
-    try:
-        return await http.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol):
-        raise ProviderRejected(
-            _NAME, "could not reach HighLevel; nothing was sent", retryable=True
-        ) from None
-    except httpx.TransportError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from HighLevel ({type(exc).__name__}); it may have acted"
-        ) from None
-
-
-def _scrub(text: str, credential: Credential) -> str:
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text[:500]
+_EDGE = Edge(_NAME, "HighLevel")
 
 
 def _envelope(response: httpx.Response) -> tuple[str | None, str]:
@@ -170,58 +147,17 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def _refusal(response: httpx.Response, credential: Credential) -> ConnectorError:
-    """The error for a non-2xx answer: 5xx may have acted, 401 wants a fresh token."""
-    status = response.status_code
     code, message = _envelope(response)
-    message = _scrub(message, credential)
-    if status >= 500:
-        return OutcomeUnknown(_NAME, message, status=status, code=code)
-    if status == 401:
-        return AuthRejected(_NAME, message, status=status, code=code)
-    return ProviderRejected(_NAME, message, status=status, code=code, retryable=status == 429)
+    return _EDGE.refusal(response.status_code, message, credential, code=code)
 
 
 async def _call(
     ctx: CallContext, method: str, path: str, *, version: str, **kwargs: Any
 ) -> httpx.Response:
-    """Call ``ctx.endpoints.api + path`` with the bearer token and the operation's ``Version``;
-    a 2xx answer is returned, anything else raised as its :class:`ConnectorError`."""
+    """:meth:`Edge.call` with the access token as bearer, the operation's ``Version`` and
+    HighLevel's refusals."""
     headers = {"Authorization": f"Bearer {ctx.credential.access_token}", "Version": version}
-    response = await _send(ctx.http, method, ctx.endpoints.api + path, headers=headers, **kwargs)
-    if response.is_success:
-        return response
-    raise _refusal(response, ctx.credential)
-
-
-def _read(response: httpx.Response, build: Callable[[Any], dict[str, JSON]]) -> dict[str, JSON]:
-    """Build a result from a success answer; one we cannot read leaves the outcome unknown."""
-    try:
-        return build(response.json())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise OutcomeUnknown(
-            _NAME, f"unreadable answer (HTTP {response.status_code})", status=response.status_code
-        ) from None
-
-
-def _reconciler(
-    ask: Callable[[CallContext, _A], Awaitable[dict[str, JSON] | None]],
-) -> Reconcile[_A]:
-    """A reconcile that keeps its contract: a refusal other than 401, or an answer it cannot
-    read, means "cannot tell"."""
-
-    async def reconcile(ctx: CallContext, args: _A) -> dict[str, JSON] | None:
-        try:
-            return await ask(ctx, args)
-        except AuthRejected:
-            raise
-        except ProviderRejected as exc:
-            raise OutcomeUnknown(
-                _NAME, f"cannot tell: {exc.message}", status=exc.status, code=exc.code
-            ) from None
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise OutcomeUnknown(_NAME, "cannot tell: unexpected answer") from None
-
-    return reconcile
+    return await _EDGE.call(ctx, method, path, headers=headers, refusal=_refusal, **kwargs)
 
 
 def _location(ctx: CallContext) -> str:
@@ -237,7 +173,7 @@ async def _send_message(ctx: CallContext, args: SendMessageArgs) -> dict[str, JS
     response = await _call(
         ctx, "POST", "/conversations/messages", version=_MESSAGES_VERSION, json=body
     )
-    return _read(
+    return _EDGE.read(
         response,
         lambda sent: {
             "message_id": str(sent["messageId"]),
@@ -263,7 +199,7 @@ async def _upsert_contact(ctx: CallContext, args: UpsertContactArgs) -> dict[str
     """``POST /contacts/upsert``: ``new`` says whether HighLevel created the contact."""
     body = _contact_body(ctx, args)
     response = await _call(ctx, "POST", "/contacts/upsert", version=_CONTACTS_VERSION, json=body)
-    return _read(
+    return _EDGE.read(
         response,
         lambda saved: {"contact_id": str(saved["contact"]["id"]), "new": bool(saved["new"])},
     )
@@ -285,7 +221,7 @@ async def _book_appointment(ctx: CallContext, args: BookAppointmentArgs) -> dict
         body["title"] = args.title
     path = "/calendars/events/appointments"
     response = await _call(ctx, "POST", path, version=_CALENDARS_VERSION, json=body)
-    return _read(
+    return _EDGE.read(
         response,
         lambda booked: {
             "event_id": str(booked["id"]),
@@ -326,8 +262,6 @@ async def _refresh(
 ) -> TokenGrant:
     """``POST /oauth/token`` (``GetAccessCodebodyDto``): client credentials in the form, for a
     sub-account (``user_type=Location``); the answer's ``refresh_token`` replaces the old one."""
-    if endpoints.token is None:
-        raise ProviderRejected(_NAME, "the connection has no token endpoint")
     form = {
         "client_id": credential.fields["client_id"],
         "client_secret": credential.fields["client_secret"],
@@ -335,18 +269,7 @@ async def _refresh(
         "refresh_token": credential.fields["refresh_token"],
         "user_type": "Location",
     }
-    response = await _send(http, "POST", endpoints.token, data=form)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.is_success and isinstance(body, dict) and "access_token" in body:
-        return TokenGrant(
-            access_token=str(body["access_token"]),
-            expires_in=int(body["expires_in"]),
-            refresh_token=body.get("refresh_token"),
-        )
-    raise _token_refusal(response, credential)
+    return await _EDGE.refresh(http, endpoints, credential, form=form, refused=_token_refusal)
 
 
 def _token_refusal(response: httpx.Response, credential: Credential) -> ConnectorError:
@@ -354,9 +277,7 @@ def _token_refusal(response: httpx.Response, credential: Credential) -> Connecto
     (invalid, expired or already used)."""
     _code, message = _envelope(response)
     if message.lower().startswith("invalid grant"):
-        return InvalidGrant(
-            _NAME, _scrub(message, credential), status=response.status_code, code="invalid_grant"
-        )
+        return _EDGE.token_refusal(response.status_code, message, credential, code="invalid_grant")
     return _refusal(response, credential)
 
 
@@ -388,7 +309,7 @@ BOOK_APPOINTMENT: Tool[BookAppointmentArgs] = Tool(
     args=BookAppointmentArgs,
     effect=_appointment_effect,
     execute=_book_appointment,
-    reconcile=_reconciler(_prove_not_booked),
+    reconcile=_EDGE.reconciler(_prove_not_booked),
     idempotency="intent_log",
 )
 

@@ -19,8 +19,8 @@ without a ``refresh_token`` and the stored one stays valid.
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -29,22 +29,19 @@ from pydantic import model_validator
 from corral.connectors._base import (
     JSON,
     Arguments,
-    AuthRejected,
     CallContext,
     ConnectorError,
     Credential,
     Effect,
     EffectKind,
     Endpoints,
-    InvalidGrant,
-    OutcomeUnknown,
     Provider,
     ProviderRejected,
-    Reconcile,
     TokenGrant,
     Tool,
 )
 from corral.connectors._fields import Email, NonEmpty, Timestamp
+from corral.connectors._http import Edge
 
 __all__ = [
     "DELETE_EVENT",
@@ -58,7 +55,6 @@ __all__ = [
 ]
 
 _NAME = "google_calendar"
-_A = TypeVar("_A", bound=Arguments)
 _MAX_PAGES = 20
 """``events.list`` pages followed at most (250 events each by default)."""
 _RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
@@ -139,25 +135,7 @@ def _list_effect(args: ListEventsArgs) -> Effect:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-async def _send(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One request; transport failures become the error that says whether it may have acted."""
-    try:
-        return await http.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol):
-        raise ProviderRejected(
-            _NAME, "could not reach Google Calendar; nothing was sent", retryable=True
-        ) from None
-    except httpx.TransportError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from Google Calendar ({type(exc).__name__}); it may have acted"
-        ) from None
-
-
-def _scrub(text: str, credential: Credential) -> str:
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text[:500]
+_EDGE = Edge(_NAME, "Google Calendar")
 
 
 def _envelope(response: httpx.Response) -> tuple[str | None, str]:
@@ -172,62 +150,17 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def _refusal(response: httpx.Response, credential: Credential) -> ConnectorError:
-    """The error for a non-2xx answer (``specs/NOTES.md``, "Errors"): 5xx may have acted."""
-    status = response.status_code
+    """The error for a non-2xx answer (``specs/NOTES.md``, "Errors"); a 403 with a rate reason
+    is "try later" as a 429 is."""
     code, message = _envelope(response)
-    message = _scrub(message, credential)
-    if status >= 500:
-        return OutcomeUnknown(_NAME, message, status=status, code=code)
-    if status == 401:
-        return AuthRejected(_NAME, message, status=status, code=code)
-    retryable = status == 429 or (status == 403 and code in _RATE_REASONS)
-    return ProviderRejected(_NAME, message, status=status, code=code, retryable=retryable)
+    retryable = response.status_code == 403 and code in _RATE_REASONS
+    return _EDGE.refusal(response.status_code, message, credential, code=code, retryable=retryable)
 
 
-async def _call(
-    ctx: CallContext,
-    method: str,
-    path: str,
-    *,
-    accept: tuple[int, ...] = (),
-    **kwargs: Any,
-) -> httpx.Response:
-    """Call ``ctx.endpoints.api + path`` with the bearer token; a 2xx answer or a status in
-    ``accept`` is returned, anything else raised as its :class:`ConnectorError`."""
-    headers = {"Authorization": f"Bearer {ctx.credential.access_token}"}
-    url = ctx.endpoints.api + path
-    response = await _send(ctx.http, method, url, headers=headers, **kwargs)
-    if response.is_success or response.status_code in accept:
-        return response
-    raise _refusal(response, ctx.credential)
-
-
-def _read(response: httpx.Response, build: Callable[[Any], dict[str, JSON]]) -> dict[str, JSON]:
-    """Build a result from a success body; a body we cannot read leaves the outcome unknown."""
-    try:
-        return build(response.json())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise OutcomeUnknown(
-            _NAME, f"unreadable answer (HTTP {response.status_code})", status=response.status_code
-        ) from None
-
-
-def _reconciler(
-    ask: Callable[[CallContext, _A], Awaitable[dict[str, JSON] | None]],
-) -> Reconcile[_A]:
-    """A reconcile that keeps its contract: a refusal other than 401 means "cannot tell"."""
-
-    async def reconcile(ctx: CallContext, args: _A) -> dict[str, JSON] | None:
-        try:
-            return await ask(ctx, args)
-        except AuthRejected:
-            raise
-        except ProviderRejected as exc:
-            raise OutcomeUnknown(
-                _NAME, f"cannot tell: {exc.message}", status=exc.status, code=exc.code
-            ) from None
-
-    return reconcile
+async def _call(ctx: CallContext, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """:meth:`Edge.call` with the access token as bearer and Google's refusals."""
+    bearer = {"Authorization": f"Bearer {ctx.credential.access_token}"}
+    return await _EDGE.call(ctx, method, path, headers=bearer, refusal=_refusal, **kwargs)
 
 
 def _events_path(calendar_id: str, event_id: str | None = None) -> str:
@@ -272,14 +205,14 @@ async def _insert(ctx: CallContext, args: InsertEventArgs) -> dict[str, JSON]:
     response = await _call(ctx, "POST", _events_path(args.calendar_id), json=body, accept=(409,))
     if response.status_code == 409:
         response = await _call(ctx, "GET", _events_path(args.calendar_id, event_id))
-    return _read(response, _inserted)
+    return _EDGE.read(response, _inserted)
 
 
 async def _find_inserted(ctx: CallContext, args: InsertEventArgs) -> dict[str, JSON] | None:
     """The event this call's id names, or ``None`` when Calendar has no such event (404)."""
     path = _events_path(args.calendar_id, event_id_for(ctx.idempotency_key))
     response = await _call(ctx, "GET", path, accept=(404,))
-    return None if response.status_code == 404 else _read(response, _inserted)
+    return None if response.status_code == 404 else _EDGE.read(response, _inserted)
 
 
 # --- delete_event -------------------------------------------------------------------------------
@@ -295,7 +228,7 @@ async def _find_deleted(ctx: CallContext, args: DeleteEventArgs) -> dict[str, JS
     """``events.get`` returns deleted events too, with ``status: cancelled``; 404 means there
     was never such an event, so no delete of it happened."""
     response = await _call(ctx, "GET", _events_path(args.calendar_id, args.event_id), accept=(404,))
-    if response.status_code == 404 or _read(response, _inserted)["status"] != "cancelled":
+    if response.status_code == 404 or _EDGE.read(response, _inserted)["status"] != "cancelled":
         return None
     return {"event_id": args.event_id, "status": "cancelled"}
 
@@ -326,7 +259,7 @@ async def _list(ctx: CallContext, args: ListEventsArgs) -> dict[str, JSON]:
     events: list[JSON] = []
     for _ in range(_MAX_PAGES):
         response = await _call(ctx, "GET", _events_path(args.calendar_id), params=params)
-        page = _read(response, _page)
+        page = _EDGE.read(response, _page)
         events += page["events"]
         if not page["next"]:
             return {"events": events}
@@ -343,39 +276,15 @@ async def _refresh(
     http: httpx.AsyncClient, endpoints: Endpoints, credential: Credential
 ) -> TokenGrant:
     """RFC 6749 §6 at Google's token endpoint: client credentials in the form body
-    (``google_oauth_token_and_errors.supplement.openapi.json``, ``RefreshTokenRequest``)."""
-    if endpoints.token is None:
-        raise ProviderRejected(_NAME, "the connection has no token endpoint")
+    (``google_oauth_token_and_errors.supplement.openapi.json``, ``RefreshTokenRequest``); an
+    ``invalid_grant`` needs a new consent."""
     form = {
         "client_id": credential.fields["client_id"],
         "client_secret": credential.fields["client_secret"],
         "refresh_token": credential.fields["refresh_token"],
         "grant_type": "refresh_token",
     }
-    response = await _send(http, "POST", endpoints.token, data=form)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.is_success and isinstance(body, dict) and "access_token" in body:
-        return TokenGrant(
-            access_token=str(body["access_token"]),
-            expires_in=int(body["expires_in"]),
-            refresh_token=body.get("refresh_token"),
-        )
-    raise _token_refusal(response.status_code, body, credential)
-
-
-def _token_refusal(status: int, body: Any, credential: Credential) -> ConnectorError:
-    """RFC 6749 §5.2 ``{error, error_description}``; ``invalid_grant`` needs a new consent."""
-    error = body.get("error") if isinstance(body, dict) else None
-    described = body.get("error_description") if isinstance(body, dict) else None
-    message = _scrub(str(described or error or f"HTTP {status}"), credential)
-    if error == "invalid_grant":
-        return InvalidGrant(_NAME, message, status=status, code=error)
-    if status >= 500:
-        return OutcomeUnknown(_NAME, message, status=status, code=error)
-    return ProviderRejected(_NAME, message, status=status, code=error, retryable=status == 429)
+    return await _EDGE.refresh(http, endpoints, credential, form=form)
 
 
 # --- declarations -------------------------------------------------------------------------------
@@ -386,7 +295,7 @@ INSERT_EVENT: Tool[InsertEventArgs] = Tool(
     args=InsertEventArgs,
     effect=_insert_effect,
     execute=_insert,
-    reconcile=_reconciler(_find_inserted),
+    reconcile=_EDGE.reconciler(_find_inserted),
     idempotency="native",
 )
 
@@ -396,7 +305,7 @@ DELETE_EVENT: Tool[DeleteEventArgs] = Tool(
     args=DeleteEventArgs,
     effect=_delete_effect,
     execute=_delete,
-    reconcile=_reconciler(_find_deleted),
+    reconcile=_EDGE.reconciler(_find_deleted),
     idempotency="native",
 )
 

@@ -40,14 +40,13 @@ from corral.connectors._base import (
     Effect,
     EffectKind,
     Endpoints,
-    InvalidGrant,
     OutcomeUnknown,
     Provider,
-    ProviderRejected,
     TokenGrant,
     Tool,
 )
 from corral.connectors._fields import DecimalAmount, NonEmpty
+from corral.connectors._http import Edge, json_object
 
 __all__ = [
     "CREATE_INVOICE",
@@ -131,14 +130,6 @@ def _json_text(value: Any) -> str:
     return json.dumps(value)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = json.loads(response.content, parse_float=Decimal)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _invoice_body(args: CreateInvoiceArgs) -> dict[str, Any]:
     lines = [
         {
@@ -157,26 +148,7 @@ def _invoice_body(args: CreateInvoiceArgs) -> dict[str, Any]:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-def _scrub(text: str, credential: Credential) -> str:
-    """Provider text with every credential value (tokens, client secret, realm) blanked out."""
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
-async def _send(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One request; transport failures become the error that says whether it may have acted."""
-    try:
-        return await http.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-        raise ProviderRejected(
-            _NAME, "could not connect to QuickBooks; nothing was sent", retryable=True
-        ) from None
-    except httpx.RequestError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from QuickBooks ({type(exc).__name__}); it may have acted"
-        ) from None
+_EDGE = Edge(_NAME, "QuickBooks")
 
 
 def _member(obj: Any, name: str) -> Any:
@@ -203,21 +175,14 @@ def _fault(body: dict[str, Any] | None) -> tuple[str | None, str] | None:
 
 
 def _answer(credential: Credential, response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a fault-free 2xx; anything else raises its :class:`ConnectorError`."""
-    status = response.status_code
-    body = _json_object(response)
-    fault = _fault(body)
-    if 200 <= status < 300 and fault is None:
-        if body is None:
-            raise OutcomeUnknown(_NAME, "QuickBooks' answer was not JSON", status=status)
-        return body
+    """The JSON object of a fault-free 2xx, its numbers exact; anything else raises its
+    :class:`ConnectorError`."""
+    fault = _fault(json_object(response, parse_float=Decimal))
+    if response.is_success and fault is None:
+        return _EDGE.body(response, parse_float=Decimal)
     code, message = fault or (None, "no error details")
-    text = _scrub(f"HTTP {status}: {message}", credential)
-    if status >= 500:
-        raise OutcomeUnknown(_NAME, text, status=status, code=code)
-    if status == 401:
-        raise AuthRejected(_NAME, text, status=status, code=code)
-    raise ProviderRejected(_NAME, text, status=status, code=code, retryable=status == 429)
+    status = response.status_code
+    raise _EDGE.refusal(status, f"HTTP {status}: {message}", credential, code=code)
 
 
 # --- execution ----------------------------------------------------------------------------------
@@ -238,7 +203,7 @@ async def _create_invoice(ctx: CallContext, args: CreateInvoiceArgs) -> dict[str
     }
     params = {"minorversion": MINOR_VERSION, "requestid": ctx.idempotency_key}
     content = _json_text(_invoice_body(args)).encode("utf-8")
-    response = await _send(
+    response = await _EDGE.send(
         ctx.http, "POST", _invoice_url(ctx), params=params, headers=headers, content=content
     )
     return _result(_answer(ctx.credential, response))
@@ -259,24 +224,6 @@ def _result(body: dict[str, Any]) -> dict[str, JSON]:
     }
 
 
-async def _reconcile(ctx: CallContext, args: CreateInvoiceArgs) -> dict[str, JSON] | None:
-    """Resend with the same ``requestid``: QBO answers with the first call's invoice.
-
-    A refusal means no invoice was made (``None``); a 401 is left for the broker to refresh and
-    ask again; a 429 cannot tell yet (:class:`OutcomeUnknown`).
-    """
-    try:
-        return await _create_invoice(ctx, args)
-    except AuthRejected:
-        raise
-    except ProviderRejected as exc:
-        if exc.retryable:
-            raise OutcomeUnknown(
-                _NAME, exc.message, status=exc.status, code=exc.code, retryable=True
-            ) from None
-        return None
-
-
 # --- OAuth refresh ------------------------------------------------------------------------------
 
 
@@ -288,7 +235,7 @@ async def _refresh(
     if endpoints.token is None:
         raise ConnectorError(_NAME, "this connection has no token endpoint")
     fields = credential.fields
-    response = await _send(
+    response = await _EDGE.send(
         http,
         "POST",
         endpoints.token,
@@ -296,7 +243,7 @@ async def _refresh(
         data={"grant_type": "refresh_token", "refresh_token": fields["refresh_token"]},
         headers={"Accept": "application/json"},
     )
-    body = _json_object(response) or {}
+    body = json_object(response) or {}
     if response.status_code == 200:
         return _grant(body)
     _refused(credential, response.status_code, body)
@@ -321,12 +268,8 @@ def _refused(credential: Credential, status: int, body: dict[str, Any]) -> NoRet
     error = body.get("error")
     code = error if isinstance(error, str) else None
     description = body.get("error_description")
-    text = _scrub(f"HTTP {status}: {description or code or 'no error details'}", credential)
-    if code == "invalid_grant":
-        raise InvalidGrant(_NAME, text, status=status, code=code)
-    if status >= 500:
-        raise OutcomeUnknown(_NAME, text, status=status, code=code)
-    raise ProviderRejected(_NAME, text, status=status, code=code, retryable=status == 429)
+    text = f"HTTP {status}: {description or code or 'no error details'}"
+    raise _EDGE.token_refusal(status, text, credential, code=code)
 
 
 # --- declarations -------------------------------------------------------------------------------
@@ -337,7 +280,7 @@ CREATE_INVOICE: Tool[CreateInvoiceArgs] = Tool(
     args=CreateInvoiceArgs,
     effect=_effect,
     execute=_create_invoice,
-    reconcile=_reconcile,
+    reconcile=_EDGE.replayed(_create_invoice),
     idempotency="native",
 )
 

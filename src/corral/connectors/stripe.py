@@ -15,8 +15,8 @@ the first never reached Stripe, this one's, and either way the refund or charge 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, TypeVar
+from collections.abc import Mapping
+from typing import Literal
 
 import httpx
 from pydantic import Field
@@ -24,18 +24,18 @@ from pydantic import Field
 from corral.connectors._base import (
     JSON,
     Arguments,
-    AuthRejected,
     CallContext,
+    ConnectorError,
     Credential,
     Effect,
     EffectKind,
     Endpoints,
     OutcomeUnknown,
     Provider,
-    ProviderRejected,
     Tool,
 )
 from corral.connectors._fields import Currency, MinorAmount
+from corral.connectors._http import Edge, json_object
 
 __all__ = [
     "API_VERSION",
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 _NAME = "stripe"
-_A = TypeVar("_A", bound=Arguments)
 
 API_VERSION = "2023-08-16"
 """The ``Stripe-Version`` every request pins: the version of the packaged description."""
@@ -92,12 +91,7 @@ def _charge_effect(args: CreatePaymentIntentArgs) -> Effect:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-def _scrub(text: str, credential: Credential) -> str:
-    """Provider text with the secret key blanked out (Stripe masks it, but never trust that)."""
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text
+_EDGE = Edge(_NAME, "Stripe")
 
 
 async def _post(ctx: CallContext, path: str, form: Mapping[str, str]) -> dict[str, JSON]:
@@ -108,41 +102,16 @@ async def _post(ctx: CallContext, path: str, form: Mapping[str, str]) -> dict[st
         "Stripe-Version": API_VERSION,
         "Idempotency-Key": ctx.idempotency_key,
     }
-    try:
-        response = await ctx.http.post(ctx.endpoints.api + path, data=form, headers=headers)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-        raise ProviderRejected(
-            _NAME, "could not connect to Stripe; nothing was sent", retryable=True
-        ) from None
-    except httpx.RequestError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from Stripe ({type(exc).__name__}); it may have acted"
-        ) from None
-    return _answer(ctx.credential, response)
+    response = await _EDGE.call(ctx, "POST", path, headers=headers, refusal=_refusal, data=form)
+    return _EDGE.body(response)
 
 
-def _answer(credential: Credential, response: httpx.Response) -> dict[str, JSON]:
+def _refusal(response: httpx.Response, credential: Credential) -> ConnectorError:
+    """A refusal in the ``error`` envelope; 409 and 429 are "try later" (:data:`_RETRYABLE`)."""
     status = response.status_code
-    body = _json_object(response)
-    if 200 <= status < 300:
-        if body is None:
-            raise OutcomeUnknown(_NAME, "Stripe's answer was not JSON", status=status)
-        return body
-    code, message = _error(body)
-    text = _scrub(f"HTTP {status}: {message}", credential)
-    if status >= 500:
-        raise OutcomeUnknown(_NAME, text, status=status, code=code)
-    if status == 401:
-        raise AuthRejected(_NAME, text, status=status, code=code)
-    raise ProviderRejected(_NAME, text, status=status, code=code, retryable=status in _RETRYABLE)
-
-
-def _json_object(response: httpx.Response) -> dict[str, JSON] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    code, message = _error(json_object(response))
+    text = f"HTTP {status}: {message}"
+    return _EDGE.refusal(status, text, credential, code=code, retryable=status in _RETRYABLE)
 
 
 def _error(body: dict[str, JSON] | None) -> tuple[str | None, str]:
@@ -192,30 +161,6 @@ async def _create_payment_intent(
     return _money_result(await _post(ctx, "/v1/payment_intents", form), "payment_intent_id")
 
 
-def _replayed(
-    execute: Callable[[CallContext, _A], Awaitable[dict[str, JSON]]],
-) -> Callable[[CallContext, _A], Awaitable[dict[str, JSON] | None]]:
-    """Reconcile by resending with the same key: Stripe answers with the first call's outcome.
-
-    A refusal means the call did not act (``None``); a 401 is left for the broker to refresh
-    and ask again; a "try later" refusal (409, 429) cannot tell yet (:class:`OutcomeUnknown`).
-    """
-
-    async def reconcile(ctx: CallContext, args: _A) -> dict[str, JSON] | None:
-        try:
-            return await execute(ctx, args)
-        except AuthRejected:
-            raise
-        except ProviderRejected as exc:
-            if exc.retryable:
-                raise OutcomeUnknown(
-                    _NAME, exc.message, status=exc.status, code=exc.code, retryable=True
-                ) from None
-            return None
-
-    return reconcile
-
-
 # --- declarations -------------------------------------------------------------------------------
 
 CREATE_REFUND: Tool[CreateRefundArgs] = Tool(
@@ -224,7 +169,7 @@ CREATE_REFUND: Tool[CreateRefundArgs] = Tool(
     args=CreateRefundArgs,
     effect=_refund_effect,
     execute=_create_refund,
-    reconcile=_replayed(_create_refund),
+    reconcile=_EDGE.replayed(_create_refund),
     idempotency="native",
 )
 
@@ -234,7 +179,7 @@ CREATE_PAYMENT_INTENT: Tool[CreatePaymentIntentArgs] = Tool(
     args=CreatePaymentIntentArgs,
     effect=_charge_effect,
     execute=_create_payment_intent,
-    reconcile=_replayed(_create_payment_intent),
+    reconcile=_EDGE.replayed(_create_payment_intent),
     idempotency="native",
 )
 

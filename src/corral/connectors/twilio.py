@@ -32,7 +32,6 @@ from corral.connectors._base import (
     Arguments,
     AuthRejected,
     CallContext,
-    Credential,
     Effect,
     EffectKind,
     Endpoints,
@@ -43,6 +42,7 @@ from corral.connectors._base import (
     Tool,
 )
 from corral.connectors._fields import PhoneNumber
+from corral.connectors._http import Edge, json_object
 
 __all__ = ["PROVIDER", "RECONCILE_WINDOW", "SEND_SMS", "SendSmsArgs"]
 
@@ -92,57 +92,26 @@ def _sender(ctx: CallContext, args: SendSmsArgs) -> str:
 
 # --- the HTTP edge ------------------------------------------------------------------------------
 
-
-def _scrub(text: str, credential: Credential) -> str:
-    """Provider text with every credential value (the account SID, a number) blanked out."""
-    for secret in credential.secrets():
-        text = text.replace(secret, "[redacted]")
-    return text
+_EDGE = Edge(_NAME, "Twilio")
 
 
 async def _send(ctx: CallContext, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One request with the connection's Basic auth; transport failures translated.
-
-    A connection that was never made sent nothing (``ProviderRejected``, retryable); any other
-    failure may have come after Twilio read the request (``OutcomeUnknown``).
-    """
+    """One request with the connection's HTTP Basic auth (account SID and auth token)."""
     auth = (ctx.credential.fields["account_sid"], ctx.credential.fields["auth_token"])
-    try:
-        return await ctx.http.request(method, url, auth=auth, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-        raise ProviderRejected(
-            _NAME, "could not connect to Twilio; nothing was sent", retryable=True
-        ) from None
-    except httpx.RequestError as exc:
-        raise OutcomeUnknown(
-            _NAME, f"no answer from Twilio ({type(exc).__name__}); it may have acted"
-        ) from None
+    return await _EDGE.send(ctx.http, method, url, auth=auth, **kwargs)
 
 
 def _answer(ctx: CallContext, response: httpx.Response) -> dict[str, JSON]:
-    """The JSON body of a 2xx answer; any other answer raised as its :class:`ConnectorError`."""
+    """The JSON body of a 2xx answer; any other answer raised as its :class:`ConnectorError`
+    (Twilio's code 20429, "too many requests", is retryable as a 429 is)."""
+    if response.is_success:
+        return _EDGE.body(response)
     status = response.status_code
-    body = _json_object(response)
-    if 200 <= status < 300:
-        if body is None:
-            raise OutcomeUnknown(_NAME, "Twilio's answer was not JSON", status=status)
-        return body
-    code, message = _error(body)
-    text = _scrub(f"HTTP {status}: {message}", ctx.credential)
-    if status >= 500:
-        raise OutcomeUnknown(_NAME, text, status=status, code=code)
-    if status == 401:
-        raise AuthRejected(_NAME, text, status=status, code=code)
-    retryable = status == 429 or code == str(_TOO_MANY_REQUESTS)
-    raise ProviderRejected(_NAME, text, status=status, code=code, retryable=retryable)
-
-
-def _json_object(response: httpx.Response) -> dict[str, JSON] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    code, message = _error(json_object(response))
+    retryable = code == str(_TOO_MANY_REQUESTS)
+    raise _EDGE.refusal(
+        status, f"HTTP {status}: {message}", ctx.credential, code=code, retryable=retryable
+    )
 
 
 def _error(body: dict[str, JSON] | None) -> tuple[str | None, str]:

@@ -82,6 +82,10 @@ def _prepared(document: Any) -> dict[str, Any]:
     - form bodies lose their ``encoding`` map: openapi-core 0.19 cannot deserialize Stripe's
       ``deepObject`` entries, and corral's connectors send flat form fields only (a bracketed
       key then fails the schema instead of passing unchecked);
+    - query parameters lose ``style: deepObject`` (Stripe's ``expand``): openapi-core 0.19
+      cannot deserialize that style and fails on such a parameter even when a request does not
+      send it. The parameter stays declared, read in the default ``form`` style (an ``expand``
+      list is flat; corral sends none);
     - OpenAPI 3.0 ``nullable: true`` is made explicit where the 3.0 validator overlooks it:
       beside ``anyOf``/``oneOf`` without a ``type`` and on an ``enum`` without ``null``
       (Stripe marks such fields nullable and returns ``null`` in them).
@@ -90,9 +94,11 @@ def _prepared(document: Any) -> dict[str, Any]:
     doc["servers"] = [{"url": _HOST}]
     for item in doc.get("paths", {}).values():
         item.pop("servers", None)
+        _plain_query_styles(item.get("parameters", []))
         for method in _METHODS:
             if method in item:
                 item[method].pop("servers", None)
+                _plain_query_styles(item[method].get("parameters", []))
                 form = (
                     item[method]
                     .get("requestBody", {})
@@ -103,6 +109,12 @@ def _prepared(document: Any) -> dict[str, Any]:
                     form.pop("encoding", None)
     _explicit_nulls(doc)
     return doc
+
+
+def _plain_query_styles(parameters: list[Any]) -> None:
+    for parameter in parameters:
+        if parameter.get("in") == "query" and parameter.get("style") == "deepObject":
+            del parameter["style"]
 
 
 def _explicit_nulls(node: Any) -> None:
