@@ -60,25 +60,39 @@ Errors (messages name the delegation, never the token or the proof key)::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache, reduce
-from typing import Any, NoReturn
+from functools import reduce
+from typing import Any
 
-from babel.numbers import list_currencies
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from corral.connectors import Effect, EffectKind
-from corral.core.canonical import canonicalize, loads_strict
+from corral.broker import _delegation_caveats, _delegation_errors, _delegation_token
+from corral.broker._delegation_caveats import (
+    MAX_TIME_MS,
+    Bad,
+    bad,
+    check_int,
+    request_caveats,
+    wire_caveats,
+)
+from corral.broker._delegation_token import (
+    ID,
+    VERSION,
+    Token,
+    b64,
+    chain_break,
+    decode,
+    encode,
+    fresh_key,
+    proof_matches,
+    signed,
+)
+from corral.connectors import Effect
 from corral.core.clock import Clock, format_time
-from corral.core.errors import BrokerError, CanonicalizationError
 from corral.core.ids import IdSource
 from corral.core.money import Money
 
@@ -108,175 +122,40 @@ __all__ = [
     "verify",
 ]
 
-MAX_TTL_S = 300
-"""The longest lifetime of a delegation, in seconds; asking for more gets this."""
-MAX_TOKEN_BYTES = 8192
-"""The largest token accepted (checked before anything is decoded)."""
-MAX_BLOCKS = 8
-"""The most blocks a token may hold: the authority plus seven attenuations."""
+# Public names defined in the private modules, assigned rather than imported so that they are
+# defined here like the rest of the API: __all__ lists exactly the names this module defines
+# (tests/broker/test_delegation.py checks it).
+MAX_TTL_S = _delegation_token.MAX_TTL_S
+MAX_TOKEN_BYTES = _delegation_token.MAX_TOKEN_BYTES
+MAX_BLOCKS = _delegation_token.MAX_BLOCKS
+TOKEN_PREFIX = _delegation_token.TOKEN_PREFIX
+Caveats = _delegation_caveats.Caveats
+DelegationError = _delegation_errors.DelegationError
+MalformedDelegation = _delegation_errors.MalformedDelegation
+InvalidDelegationRequest = _delegation_errors.InvalidDelegationRequest
+BadSignature = _delegation_errors.BadSignature
+Expired = _delegation_errors.Expired
+NotYetValid = _delegation_errors.NotYetValid
+WrongPrincipal = _delegation_errors.WrongPrincipal
+WrongSandbox = _delegation_errors.WrongSandbox
+NotAuthorized = _delegation_errors.NotAuthorized
+
 MAX_SKEW_MS = 5000
 """How far in the future a token's ``iat_ms`` may be (clocks of broker replicas differ)."""
-TOKEN_PREFIX = "cdl1."  # noqa: S105 (a format tag, not a secret)
-"""Every token starts with this: corral delegation, format 1."""
 
-_MAX_TTL_MS = MAX_TTL_S * 1000
-_MAX_INT = 2**53 - 1
-_MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime holds
-_MAX_USES = 1_000_000
-_SIG_CONTEXT = b"corral-delegation-v1\n"
-_VERSION = 1
 _ID_PREFIX = "dlg"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-_SEGMENT = r"[a-z][a-z0-9_]{0,63}"
-_PATTERN = re.compile(rf"\*|{_SEGMENT}\.(?:\*|{_SEGMENT})")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-_CHAR = r"[^\s\x00-\x1f\x7f]"
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_GHL_CONTACT = re.compile(rf"ghl_contact:{_CHAR}{{1,128}}")
-_EMAIL = re.compile(rf"(?:(?!@){_CHAR}){{1,64}}@(?:(?!@){_CHAR}){{1,255}}")
-_CALENDAR = re.compile(
-    rf"(?:google_calendar|ghl):(?:(?!/){_CHAR}){{1,256}}|calendly:{_CHAR}{{1,512}}"
-)
-_PAYMENT_INTENT = re.compile(rf"{_CHAR}{{1,255}}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
-_ENVELOPE_FIELDS = frozenset({"blocks", "proof"})
-_BLOCK_FIELDS = frozenset({"payload", "sig"})
-_AUTHORITY_FIELDS = frozenset(
-    {"v", "kid", "id", "tenant", "agent", "sandbox", "iat_ms", "exp_ms", "caveats", "next"}
-)
-_ATTENUATION_FIELDS = frozenset({"caveats", "next", "prev"})
-_CAVEAT_FIELDS = frozenset(
-    {"tools", "recipients", "calendars", "payment_intents", "max_amount", "max_uses", "exp_ms"}
-)
-_AMOUNT_FIELDS = frozenset({"amount", "currency"})
+def _ms(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("refusing a naive datetime: corral times are timezone-aware")
+    return (when - _EPOCH) // _MS
 
 
-# --- errors -------------------------------------------------------------------------------------
-
-
-class DelegationError(BrokerError):
-    """Base of the errors of :mod:`corral.broker.delegation`.
-
-    ``delegation_id`` is the token's ``id`` once it is known (after the structure checks).
-    """
-
-    delegation_id: str | None = None
-
-
-class MalformedDelegation(DelegationError, ValueError):
-    """Not a well-formed token: refused before any signature is checked. ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"malformed delegation: {reason}")
-        self.reason = reason
-
-
-class InvalidDelegationRequest(DelegationError, ValueError):
-    """A mint or an attenuation that cannot be issued (bad lifetime, pattern, recipient...)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"cannot issue this delegation: {reason}")
-        self.reason = reason
-
-
-class BadSignature(DelegationError):
-    """A block's signature, the chain between blocks or the proof key does not verify.
-
-    ``block`` is the index of the block at fault; ``kid`` the broker key id block 0 names.
-    """
-
-    def __init__(self, block: int, reason: str, *, kid: str | None = None) -> None:
-        super().__init__(f"delegation signature does not verify: block {block}: {reason}")
-        self.block = block
-        self.reason = reason
-        self.kid = kid
-
-
-class Expired(DelegationError):
-    """The delegation's effective expiry (the earliest ``exp_ms`` of its blocks) has passed."""
-
-    def __init__(self, delegation_id: str, expired_at: datetime, now: datetime) -> None:
-        super().__init__(
-            f"delegation {delegation_id} expired at {format_time(expired_at)}"
-            f" (now {format_time(now)})"
-        )
-        self.delegation_id = delegation_id
-        self.expired_at = expired_at
-        self.now = now
-
-
-class NotYetValid(DelegationError):
-    """The delegation was issued further in the future than the allowed clock skew."""
-
-    def __init__(self, delegation_id: str, issued_at: datetime, now: datetime) -> None:
-        super().__init__(
-            f"delegation {delegation_id} is issued at {format_time(issued_at)}, in the future"
-            f" (now {format_time(now)})"
-        )
-        self.delegation_id = delegation_id
-        self.issued_at = issued_at
-        self.now = now
-
-
-class WrongPrincipal(DelegationError):
-    """Presented by another tenant or agent than the one it was minted for.
-
-    ``field`` is ``"tenant"`` or ``"agent"``; ``expected`` is the token's value, ``presented``
-    the one the host stamped.
-    """
-
-    def __init__(self, delegation_id: str, field: str, expected: str, presented: str) -> None:
-        super().__init__(
-            f"delegation {delegation_id} belongs to {field} {expected!r}, not {presented!r}"
-        )
-        self.delegation_id = delegation_id
-        self.field = field
-        self.expected = expected
-        self.presented = presented
-
-
-class WrongSandbox(DelegationError):
-    """Presented from another sandbox than the one that asked for it."""
-
-    def __init__(self, delegation_id: str, expected: str, presented: str) -> None:
-        super().__init__(
-            f"delegation {delegation_id} is bound to sandbox {expected!r}, not {presented!r}"
-        )
-        self.delegation_id = delegation_id
-        self.expected = expected
-        self.presented = presented
-
-
-class NotAuthorized(DelegationError):
-    """The call is outside the delegation's scope: ``caveat`` of block ``block`` refused it."""
-
-    def __init__(self, delegation_id: str, tool: str, caveat: str, block: int) -> None:
-        shown = tool if _PATTERN.fullmatch(tool) else "this tool"
-        super().__init__(
-            f"delegation {delegation_id} does not allow this call of {shown}:"
-            f" outside its {caveat} (block {block})"
-        )
-        self.delegation_id = delegation_id
-        self.tool = tool
-        self.caveat = caveat
-        self.block = block
-
-
-class _Bad(ValueError):
-    """A value that does not fit; turned into the caller-facing error at each entry point."""
-
-
-def _bad(reason: str) -> NoReturn:
-    raise _Bad(reason)
-
-
-def _name(value: object) -> str:
-    """A short, safe rendering of a field name taken from a token (never a whole value)."""
-    text = str(value)
-    return repr(text if len(text) <= 32 else text[:32] + "...")
+def _at(ms: int) -> datetime:
+    return _EPOCH + ms * _MS
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -288,7 +167,7 @@ class DelegationSigner:
     __slots__ = ("_key", "kid", "public_key")
 
     def __init__(self, key: Ed25519PrivateKey, kid: str) -> None:
-        if not isinstance(kid, str) or not _ID.fullmatch(kid) or len(kid) > 64:
+        if not isinstance(kid, str) or not ID.fullmatch(kid) or len(kid) > 64:
             raise ValueError("a key id is 1-64 letters, digits or '._:@-'")
         self._key = key
         self.kid = kid
@@ -326,459 +205,6 @@ class DelegationKeys:
 
     def kids(self) -> list[str]:
         return sorted(self._keys)
-
-
-# --- caveats ------------------------------------------------------------------------------------
-
-
-def _covers(outer: str, inner: str) -> bool:
-    """Whether every tool that pattern ``inner`` matches is matched by pattern ``outer``."""
-    return (
-        outer == inner
-        or outer == "*"
-        or (outer[-2:] == ".*" and inner[: len(outer) - 1] == outer[:-1])
-    )
-
-
-def _matches(pattern: str, tool: str) -> bool:
-    """``*`` matches every tool, ``provider.*`` one more dotted segment, anything else itself."""
-    if pattern == "*":
-        return True
-    if pattern[-2:] == ".*":
-        stem = pattern[:-1]
-        return tool.startswith(stem) and len(tool) > len(stem) and "." not in tool[len(stem) :]
-    return pattern == tool
-
-
-def _meet(left: frozenset[str], right: frozenset[str]) -> frozenset[str]:
-    """The patterns matching exactly the tools both sets match, without redundant ones."""
-    met = set()
-    for a in left:
-        for b in right:
-            if _covers(a, b):
-                met.add(b)
-            elif _covers(b, a):
-                met.add(a)
-    return frozenset(p for p in met if not any(q != p and _covers(q, p) for q in met))
-
-
-def _recipient_key(value: str) -> str:
-    """How a message recipient is compared: emails case-insensitively, everything else exactly."""
-    if "@" in value and not value.startswith("ghl_contact:"):
-        return value.casefold()
-    return value
-
-
-def _calendar(effect: Effect) -> str | None:
-    """The calendar a booking, read or cancellation touches, when the effect names it.
-
-    A cancellation's target names its calendar only for Google (``google_calendar:<cal>/<event>``);
-    ``calendly:<uuid>`` does not, and gives ``None``.
-    """
-    if effect.kind is not EffectKind.CANCELLATION:
-        return effect.resource
-    target = effect.target
-    if target is None or not target.startswith("google_calendar:"):
-        return None
-    calendar, slash, event = target.partition("/")
-    named = slash and event and "/" not in event and calendar != "google_calendar:"
-    return calendar if named else None
-
-
-_CALENDAR_KINDS = (EffectKind.BOOKING, EffectKind.READ, EffectKind.CANCELLATION)
-_MONEY_KINDS = (EffectKind.REFUND, EffectKind.CHARGE)
-
-
-@dataclass(frozen=True, slots=True)
-class Caveats:
-    """One block's constraints, or (from :meth:`intersect`) the effective ones of a chain.
-
-    ``None`` means unconstrained; an empty set allows nothing of what the constraint governs.
-    ``max_amount`` is a set of limits, at most one per currency (one on the wire per block).
-    """
-
-    tools: frozenset[str] | None = None
-    recipients: frozenset[str] | None = None
-    calendars: frozenset[str] | None = None
-    payment_intents: frozenset[str] | None = None
-    max_amount: frozenset[Money] | None = None
-    max_uses: int | None = None
-    exp_ms: int | None = None
-
-    def refusal(self, tool: str, effect: Effect) -> str | None:
-        """The name of the caveat that refuses this call, or ``None`` if these allow it."""
-        if self.tools is not None and not any(_matches(p, tool) for p in self.tools):
-            return "tools"
-        kind = effect.kind
-        if (
-            kind is EffectKind.MESSAGE
-            and self.recipients is not None
-            and (
-                effect.recipient is None or _recipient_key(effect.recipient) not in self.recipients
-            )
-        ):
-            return "recipients"
-        if (
-            kind in _CALENDAR_KINDS
-            and self.calendars is not None
-            and _calendar(effect) not in self.calendars
-        ):
-            return "calendars"
-        if (
-            kind is EffectKind.REFUND
-            and self.payment_intents is not None
-            and effect.target not in self.payment_intents
-        ):
-            return "payment_intents"
-        if kind in _MONEY_KINDS and self.max_amount is not None:
-            amount = effect.amount
-            if type(amount) is not int or not any(
-                limit.currency == effect.currency and amount <= limit.amount
-                for limit in self.max_amount
-            ):
-                return "max_amount"
-        return None
-
-    def intersect(self, other: Caveats) -> Caveats:
-        """The caveats that allow exactly what both allow."""
-
-        def both(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-            return b if a is None else a if b is None else a & b
-
-        def least(a: int | None, b: int | None) -> int | None:
-            return b if a is None else a if b is None else min(a, b)
-
-        tools = (
-            other.tools
-            if self.tools is None
-            else self.tools
-            if other.tools is None
-            else _meet(self.tools, other.tools)
-        )
-        money = self.max_amount
-        if money is None:
-            money = other.max_amount
-        elif other.max_amount is not None:
-            money = frozenset(
-                Money(min(a.amount, b.amount), a.currency)
-                for a in money
-                for b in other.max_amount
-                if a.currency == b.currency
-            )
-        return Caveats(
-            tools=tools,
-            recipients=both(self.recipients, other.recipients),
-            calendars=both(self.calendars, other.calendars),
-            payment_intents=both(self.payment_intents, other.payment_intents),
-            max_amount=money,
-            max_uses=least(self.max_uses, other.max_uses),
-            exp_ms=least(self.exp_ms, other.exp_ms),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The constrained fields as JSON (sorted lists; ``max_amount`` a list of limits)."""
-        out: dict[str, Any] = {}
-        for name in ("tools", "recipients", "calendars", "payment_intents"):
-            values = getattr(self, name)
-            if values is not None:
-                out[name] = sorted(values)
-        if self.max_amount is not None:
-            out["max_amount"] = [
-                {"amount": m.amount, "currency": m.currency}
-                for m in sorted(self.max_amount, key=lambda m: m.currency)
-            ]
-        if self.max_uses is not None:
-            out["max_uses"] = self.max_uses
-        if self.exp_ms is not None:
-            out["exp_ms"] = self.exp_ms
-        return out
-
-
-@lru_cache(maxsize=1)
-def _currencies() -> frozenset[str]:
-    return frozenset(code.lower() for code in list_currencies())
-
-
-def _check_pattern(value: str) -> str:
-    if not _PATTERN.fullmatch(value):
-        _bad("a tool pattern is an exact tool name (provider.tool), provider.* or *")
-    return value
-
-
-def _check_recipient(value: str) -> str:
-    if _E164.fullmatch(value) or _GHL_CONTACT.fullmatch(value):
-        return value
-    if _EMAIL.fullmatch(value):
-        return value.casefold()
-    return _bad("a recipient is an E.164 number, an email or ghl_contact:<id>")
-
-
-def _check_calendar(value: str) -> str:
-    if not _CALENDAR.fullmatch(value):
-        _bad("a calendar is google_calendar:<id>, calendly:<event type URI> or ghl:<id>")
-    return value
-
-
-def _check_payment_intent(value: str) -> str:
-    if not _PAYMENT_INTENT.fullmatch(value):
-        _bad("a payment intent is a provider id without spaces")
-    return value
-
-
-def _check_int(value: object, what: str, low: int, high: int = _MAX_INT) -> int:
-    if type(value) is not int or not low <= value <= high:
-        _bad(f"{what} must be an integer from {low} to {high}")
-    return value
-
-
-def _check_money(amount: object, currency: object) -> Money:
-    minor = _check_int(amount, "max_amount.amount", 0)
-    if not isinstance(currency, str) or currency not in _currencies():
-        _bad("max_amount.currency must be a lowercase ISO 4217 code, e.g. usd")
-    return Money(minor, currency)
-
-
-_CHECKS: dict[str, Callable[[str], str]] = {
-    "tools": _check_pattern,
-    "recipients": _check_recipient,
-    "calendars": _check_calendar,
-    "payment_intents": _check_payment_intent,
-}
-
-
-def _read_set(value: object, name: str) -> frozenset[str]:
-    """A caveat list as it must be on the wire: strings in normal form, sorted, no repeats."""
-    if type(value) is not list:
-        _bad(f"caveat {name} must be a list")
-    check = _CHECKS[name]
-    for item in value:
-        if type(item) is not str or check(item) != item:
-            _bad(f"caveat {name} holds a value that is not in normal form")
-    if value != sorted(set(value)):
-        _bad(f"caveat {name} must be sorted, without repeats")
-    return frozenset(value)
-
-
-def _read_caveats(obj: object, *, block: int) -> Caveats:
-    if type(obj) is not dict:
-        _bad(f"block {block}: caveats must be an object")
-    extra = obj.keys() - _CAVEAT_FIELDS
-    if extra:
-        _bad(f"block {block}: unknown caveat {_name(min(extra))}")
-    sets = {name: _read_set(obj[name], name) for name in _CHECKS if name in obj}
-    money = None
-    if "max_amount" in obj:
-        limit = obj["max_amount"]
-        if type(limit) is not dict or limit.keys() != _AMOUNT_FIELDS:
-            _bad(f"block {block}: max_amount must be {{amount, currency}}")
-        money = frozenset({_check_money(limit["amount"], limit["currency"])})
-    max_uses = obj.get("max_uses")
-    if max_uses is not None or "max_uses" in obj:
-        _check_int(max_uses, "max_uses", 1, _MAX_USES)
-    exp_ms = obj.get("exp_ms")
-    if exp_ms is not None or "exp_ms" in obj:
-        if block == 0:
-            _bad("block 0 carries its expiry as exp_ms, not as a caveat")
-        _check_int(exp_ms, "exp_ms", 0, _MAX_TIME_MS)
-    if block == 0 and not sets.get("tools"):
-        _bad("block 0 must name at least one tool pattern")
-    return Caveats(max_amount=money, max_uses=max_uses, exp_ms=exp_ms, **sets)
-
-
-def _wire(caveats: Caveats) -> dict[str, Any]:
-    """One block's caveats as signed: ``max_amount`` is one ``{amount, currency}`` object."""
-    out = caveats.to_json()
-    if "max_amount" in out:
-        (out["max_amount"],) = out["max_amount"]
-    return out
-
-
-def _request_set(values: Iterable[str] | None, name: str) -> frozenset[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        _bad(f"{name} must be a list of strings, not a single value")
-    check = _CHECKS[name]
-    out = set()
-    for item in values:
-        if not isinstance(item, str):
-            _bad(f"{name} must hold strings")
-        out.add(check(item))
-    return frozenset(out)
-
-
-def _request_caveats(
-    *,
-    tools: Iterable[str] | None,
-    recipients: Iterable[str] | None,
-    calendars: Iterable[str] | None,
-    payment_intents: Iterable[str] | None,
-    max_amount: Money | None,
-    max_uses: int | None,
-    exp_ms: int | None,
-) -> Caveats:
-    money = None
-    if max_amount is not None:
-        if not isinstance(max_amount, Money):
-            _bad("max_amount must be a corral.core.money.Money")
-        money = frozenset({_check_money(max_amount.amount, max_amount.currency)})
-    if max_uses is not None:
-        _check_int(max_uses, "max_uses", 1, _MAX_USES)
-    return Caveats(
-        tools=_request_set(tools, "tools"),
-        recipients=_request_set(recipients, "recipients"),
-        calendars=_request_set(calendars, "calendars"),
-        payment_intents=_request_set(payment_intents, "payment_intents"),
-        max_amount=money,
-        max_uses=max_uses,
-        exp_ms=exp_ms,
-    )
-
-
-# --- the token ----------------------------------------------------------------------------------
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: object, what: str, size: int | None = None) -> bytes:
-    """Strict, canonical base64url without padding (one accepted spelling per value)."""
-    if type(text) is not str or not _B64URL.fullmatch(text):
-        _bad(f"{what} is not base64url")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        _bad(f"{what} is not base64url")
-    if _b64(raw) != text:
-        _bad(f"{what} is not canonical base64url")
-    if size is not None and len(raw) != size:
-        _bad(f"{what} must be {size} bytes")
-    return raw
-
-
-def _ms(when: datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError("refusing a naive datetime: corral times are timezone-aware")
-    return (when - _EPOCH) // _MS
-
-
-def _at(ms: int) -> datetime:
-    return _EPOCH + ms * _MS
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
-    payload: dict[str, Any]
-    sig_text: str
-    sig: bytes
-    next_key: bytes
-    caveats: Caveats
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    blocks: tuple[_Block, ...]
-    proof: bytes
-
-    @property
-    def authority(self) -> dict[str, Any]:
-        return self.blocks[0].payload
-
-
-def _read_fields(obj: object, fields: frozenset[str], where: str) -> dict[str, Any]:
-    if type(obj) is not dict:
-        _bad(f"{where} must be an object")
-    if obj.keys() != fields:
-        missing = fields - obj.keys()
-        if missing:
-            _bad(f"{where} lacks the field {_name(min(missing))}")
-        _bad(f"{where} has an unknown field {_name(min(obj.keys() - fields))}")
-    return obj
-
-
-def _read_authority(payload: dict[str, Any]) -> None:
-    if type(payload["v"]) is not int or payload["v"] != _VERSION:
-        _bad(f"block 0: unsupported format version (this verifier reads v {_VERSION})")
-    for name in ("kid", "id", "tenant", "agent", "sandbox"):
-        if type(payload[name]) is not str or not _ID.fullmatch(payload[name]):
-            _bad(f"block 0: {name} is not an identifier")
-    iat = _check_int(payload["iat_ms"], "iat_ms", 0, _MAX_TIME_MS)
-    exp = _check_int(payload["exp_ms"], "exp_ms", 0, _MAX_TIME_MS)
-    if not 0 < exp - iat <= _MAX_TTL_MS:
-        _bad(f"block 0: the lifetime exp_ms - iat_ms must be 1 ms to {MAX_TTL_S} s")
-
-
-def _decode(token: object) -> _Token:
-    """Every check that needs no key: size, prefix, encoding, JSON, shape, block count, values."""
-    if type(token) is not str:
-        _bad("a delegation token is a string")
-    if len(token) > MAX_TOKEN_BYTES:
-        _bad(f"the token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted")
-    if not token.startswith(TOKEN_PREFIX):
-        _bad(f"not a corral delegation (it does not start with {TOKEN_PREFIX!r})")
-    raw = _unb64(token[len(TOKEN_PREFIX) :], "the token body")
-    try:
-        obj = loads_strict(raw)
-        canonical = canonicalize(obj) == raw
-    except CanonicalizationError as exc:
-        _bad(f"the token body is not strict JSON ({str(exc)[:100]})")
-    if not canonical:
-        _bad("the token body is not canonical JSON (RFC 8785)")
-    envelope = _read_fields(obj, _ENVELOPE_FIELDS, "the token")
-    raw_blocks = envelope["blocks"]
-    if type(raw_blocks) is not list or not 1 <= len(raw_blocks) <= MAX_BLOCKS:
-        _bad(f"the token must hold 1 to {MAX_BLOCKS} blocks")
-    blocks = []
-    for index, raw_block in enumerate(raw_blocks):
-        block = _read_fields(raw_block, _BLOCK_FIELDS, f"block {index}")
-        fields = _AUTHORITY_FIELDS if index == 0 else _ATTENUATION_FIELDS
-        payload = _read_fields(block["payload"], fields, f"block {index}: the payload")
-        if index == 0:
-            _read_authority(payload)
-        else:
-            _unb64(payload["prev"], f"block {index}: prev", 64)
-        caveats = _read_caveats(payload["caveats"], block=index)
-        if index == 0:
-            caveats = replace(caveats, exp_ms=payload["exp_ms"])
-        blocks.append(
-            _Block(
-                payload=payload,
-                sig_text=block["sig"],
-                sig=_unb64(block["sig"], f"block {index}: sig", 64),
-                next_key=_unb64(payload["next"], f"block {index}: next", 32),
-                caveats=caveats,
-            )
-        )
-    proof = _unb64(envelope["proof"], "the proof", 32)
-    return _Token(tuple(blocks), proof)
-
-
-def _encode(blocks: list[dict[str, Any]], proof: Ed25519PrivateKey) -> str:
-    body = canonicalize({"blocks": blocks, "proof": _b64(proof.private_bytes_raw())})
-    token = TOKEN_PREFIX + _b64(body)
-    if len(token) > MAX_TOKEN_BYTES:
-        _bad(f"the token would be {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted")
-    return token
-
-
-def _signed(payload: dict[str, Any]) -> bytes:
-    return _SIG_CONTEXT + canonicalize(payload)
-
-
-def _proof_matches(token: _Token) -> bool:
-    try:
-        key = Ed25519PrivateKey.from_private_bytes(token.proof)
-    except ValueError:
-        return False
-    return key.public_key().public_bytes_raw() == token.blocks[-1].next_key
-
-
-def _fresh_key(entropy: Callable[[int], bytes]) -> Ed25519PrivateKey:
-    seed = entropy(32)
-    if len(seed) != 32:
-        raise ValueError("entropy must return the number of bytes asked for")
-    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 # --- the verified view --------------------------------------------------------------------------
@@ -839,7 +265,7 @@ class Delegation:
         }
 
 
-def _delegation(token: _Token) -> Delegation:
+def _delegation(token: Token) -> Delegation:
     authority = token.authority
     caveats = tuple(block.caveats for block in token.blocks)
     effective = reduce(Caveats.intersect, caveats)
@@ -883,9 +309,9 @@ class Minted:
 
 def _ttl_ms(ttl_s: float) -> int:
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
-        _bad("ttl_s must be a number of seconds")
+        bad("ttl_s must be a number of seconds")
     if (isinstance(ttl_s, float) and not math.isfinite(ttl_s)) or ttl_s <= 0:
-        _bad("ttl_s must be a finite number of seconds above 0")
+        bad("ttl_s must be a finite number of seconds above 0")
     return max(1, round(min(ttl_s, MAX_TTL_S) * 1000))
 
 
@@ -915,10 +341,10 @@ def mint(
     """
     try:
         for name, value in (("tenant", tenant), ("agent", agent), ("sandbox", sandbox)):
-            if not isinstance(value, str) or not _ID.fullmatch(value):
-                _bad(f"{name} must be 1-128 letters, digits or '._:@-'")
+            if not isinstance(value, str) or not ID.fullmatch(value):
+                bad(f"{name} must be 1-128 letters, digits or '._:@-'")
         ttl_ms = _ttl_ms(ttl_s)
-        caveats = _request_caveats(
+        caveats = request_caveats(
             tools=tools,
             recipients=recipients,
             calendars=calendars,
@@ -928,14 +354,14 @@ def mint(
             exp_ms=None,
         )
         if not caveats.tools:
-            _bad("tools must name at least one tool pattern")
+            bad("tools must name at least one tool pattern")
         iat_ms = _ms(clock.now())
         delegation_id = ids.new(_ID_PREFIX)
-        if not _ID.fullmatch(delegation_id):
-            _bad("the id source gave an id that is not an identifier")
-        holder = _fresh_key(entropy)
+        if not ID.fullmatch(delegation_id):
+            bad("the id source gave an id that is not an identifier")
+        holder = fresh_key(entropy)
         payload = {
-            "v": _VERSION,
+            "v": VERSION,
             "kid": signer.kid,
             "id": delegation_id,
             "tenant": tenant,
@@ -943,12 +369,12 @@ def mint(
             "sandbox": sandbox,
             "iat_ms": iat_ms,
             "exp_ms": iat_ms + ttl_ms,
-            "caveats": _wire(caveats),
-            "next": _b64(holder.public_key().public_bytes_raw()),
+            "caveats": wire_caveats(caveats),
+            "next": b64(holder.public_key().public_bytes_raw()),
         }
-        sig = signer.sign(_signed(payload))
-        token = _encode([{"payload": payload, "sig": _b64(sig)}], holder)
-    except _Bad as exc:
+        sig = signer.sign(signed(payload))
+        token = encode([{"payload": payload, "sig": b64(sig)}], holder)
+    except Bad as exc:
         raise InvalidDelegationRequest(str(exc)) from None
     view = Delegation(
         id=delegation_id,
@@ -991,21 +417,21 @@ def attenuate(
     that cannot be issued, no caveat at all, or a token already holding :data:`MAX_BLOCKS`.
     """
     try:
-        parsed = _decode(token)
-    except _Bad as exc:
+        parsed = decode(token)
+    except Bad as exc:
         raise MalformedDelegation(str(exc)) from None
-    if not _proof_matches(parsed):
+    if not proof_matches(parsed):
         raise BadSignature(len(parsed.blocks) - 1, "the proof key does not match the last block")
     try:
         if len(parsed.blocks) >= MAX_BLOCKS:
-            _bad(f"the token already holds {MAX_BLOCKS} blocks")
+            bad(f"the token already holds {MAX_BLOCKS} blocks")
         if ttl_s is not None:
             if exp_ms is not None or clock is None:
-                _bad("give ttl_s with a clock, or exp_ms, not both")
+                bad("give ttl_s with a clock, or exp_ms, not both")
             exp_ms = _ms(clock.now()) + _ttl_ms(ttl_s)
         elif exp_ms is not None:
-            _check_int(exp_ms, "exp_ms", 0, _MAX_TIME_MS)
-        caveats = _request_caveats(
+            check_int(exp_ms, "exp_ms", 0, MAX_TIME_MS)
+        caveats = request_caveats(
             tools=tools,
             recipients=recipients,
             calendars=calendars,
@@ -1015,46 +441,30 @@ def attenuate(
             exp_ms=exp_ms,
         )
         if caveats == Caveats():
-            _bad("an attenuation must add at least one caveat")
-        holder = _fresh_key(entropy)
+            bad("an attenuation must add at least one caveat")
+        holder = fresh_key(entropy)
         payload = {
-            "caveats": _wire(caveats),
-            "next": _b64(holder.public_key().public_bytes_raw()),
+            "caveats": wire_caveats(caveats),
+            "next": b64(holder.public_key().public_bytes_raw()),
             "prev": parsed.blocks[-1].sig_text,
         }
-        sig = Ed25519PrivateKey.from_private_bytes(parsed.proof).sign(_signed(payload))
+        sig = Ed25519PrivateKey.from_private_bytes(parsed.proof).sign(signed(payload))
         blocks = [{"payload": b.payload, "sig": b.sig_text} for b in parsed.blocks]
-        blocks.append({"payload": payload, "sig": _b64(sig)})
-        return _encode(blocks, holder)
-    except _Bad as exc:
+        blocks.append({"payload": payload, "sig": b64(sig)})
+        return encode(blocks, holder)
+    except Bad as exc:
         raise InvalidDelegationRequest(str(exc)) from None
 
 
-def _check_chain(parsed: _Token, keys: DelegationKeys) -> None:
+def _check_chain(parsed: Token, keys: DelegationKeys) -> None:
     kid = parsed.authority["kid"]
     root = keys.get(kid)
     if root is None:
         raise BadSignature(0, f"signed by an unknown broker key {kid!r}", kid=kid)
-    try:
-        root.verify(parsed.blocks[0].sig, _signed(parsed.authority))
-    except InvalidSignature:
-        raise BadSignature(0, "the broker's signature does not verify", kid=kid) from None
-    for index in range(1, len(parsed.blocks)):
-        before, block = parsed.blocks[index - 1], parsed.blocks[index]
-        if block.payload["prev"] != before.sig_text:
-            raise BadSignature(index, f"it does not follow block {index - 1}", kid=kid)
-        try:
-            Ed25519PublicKey.from_public_bytes(before.next_key).verify(
-                block.sig, _signed(block.payload)
-            )
-        except (InvalidSignature, ValueError):
-            raise BadSignature(
-                index, f"not signed by the key block {index - 1} names", kid=kid
-            ) from None
-    if not _proof_matches(parsed):
-        raise BadSignature(
-            len(parsed.blocks) - 1, "the proof key does not match the last block", kid=kid
-        )
+    broken = chain_break(parsed, root)
+    if broken is not None:
+        block, reason = broken
+        raise BadSignature(block, reason, kid=kid)
 
 
 def verify(
@@ -1079,8 +489,8 @@ def verify(
     """
     now_ms = _ms(now)
     try:
-        parsed = _decode(token)
-    except _Bad as exc:
+        parsed = decode(token)
+    except Bad as exc:
         raise MalformedDelegation(str(exc)) from None
     _check_chain(parsed, keys)
     delegation = _delegation(parsed)
