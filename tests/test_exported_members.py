@@ -7,7 +7,14 @@ import types
 
 import pytest
 
-PACKAGES = ["corral.core", "corral.audit", "corral.broker", "corral.connectors", "corral.fakes"]
+PACKAGES = [
+    "corral.core",
+    "corral.audit",
+    "corral.broker",
+    "corral.connectors",
+    "corral.fakes",
+    "corral.supervisor",
+]
 CONTRACT_MODULES = {
     "corral.audit.merkle": {
         "leaf_hash", "node_hash", "root", "inclusion_proof", "consistency_proof",
