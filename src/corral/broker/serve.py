@@ -49,7 +49,9 @@ class _Server(uvicorn.Server):
 
 
 def _servers(settings: Settings, app: object) -> list[uvicorn.Server]:
-    config = uvicorn.Config(app, log_level="warning", access_log=False)  # type: ignore[arg-type]
+    # keep-alive longer than a busy client's idle connections live: uvicorn's default 5 s
+    # closes pooled connections that a client may be about to reuse (a reset on its next call).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=75)  # type: ignore[arg-type]
     servers: list[uvicorn.Server] = [_Server(config)]
     broker = settings.broker
     if broker.tcp_host is not None:
@@ -63,6 +65,7 @@ def _servers(settings: Settings, app: object) -> list[uvicorn.Server]:
                     ssl_keyfile=str(broker.tls_key),
                     log_level="warning",
                     access_log=False,
+                    timeout_keep_alive=75,
                 )
             )
         )

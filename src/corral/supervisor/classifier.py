@@ -23,18 +23,19 @@ the evaluation (``corral supervisor eval``) run the same code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from corral.audit.entries import Decision as OperatorDecision
 from corral.audit.entries import Verdict
 from corral.core.errors import CorralError
-from corral.supervisor.effects import InvalidCall, derive
+from corral.supervisor.effects import CallEffect, InvalidCall, derive
 from corral.supervisor.ledger import CallRecord, Ledger, Status
 from corral.supervisor.policy import TenantPolicy
 from corral.supervisor.rules import RULES_BY_KIND, STRENGTH, Context, Hit, retry_storm
+from corral.supervisor.store import StoredCall
 
 
 class SupervisorError(CorralError):
@@ -155,6 +156,37 @@ class TenantSupervisor:
             observed=[h.rule for h in hits if self.policy.observed(h.rule)],
             reason=reason,
         )
+
+    def reconsider(self, call_id: str, at: datetime) -> Decision:
+        """Decide a held (deferred) call again, as if it were made now, at ``at``: what it
+        waited for may have resolved, or its ``not_before`` passed. Allowed, it becomes live."""
+        record = self._call(call_id)
+        if record.status is not Status.HELD:
+            raise CallStateError(f"call {call_id!r} is not held ({record.status.value})")
+        record.at = at
+        if isinstance(record.effect, CallEffect):
+            record.effect = replace(record.effect, at=at, local_day=self.policy.local_day(at))
+        decision = self._decision(record, self._hits(record))
+        if decision.verdict in (Verdict.ALLOW, Verdict.ESCALATE):
+            self.ledger.admit(record)
+        if decision.verdict is Verdict.ALLOW:
+            record.status = Status.IN_FLIGHT
+        return decision
+
+    def restore(self, stored: Iterable[StoredCall]) -> None:
+        """Rebuild the ledger from stored calls, in decision order (after a restart). The
+        stored verdicts and statuses are authoritative: nothing is classified again."""
+        for call in stored:
+            effect = derive(call.tool, call.args, call.at, self.policy)
+            record = CallRecord(call.call_id, call.agent, call.tool, call.at, effect)
+            self.ledger.record(record)
+            if call.verdict in (Verdict.ALLOW.value, Verdict.ESCALATE.value):
+                self.ledger.admit(record)
+            status = Status(call.status)
+            if status in (Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN):
+                self.ledger.outcome(record, status, call.result)
+            else:
+                record.status = status
 
     def outcome(self, call_id: str, status: str, result: Mapping[str, Any] | None = None) -> None:
         """An executed call's outcome: ``succeeded``, ``failed`` or ``unknown`` (a later

@@ -1,0 +1,188 @@
+"""``corral control``'s supervisor API: JSON over a Unix socket (TCP with TLS optional).
+
+- ``POST /calls``: the host relays an agent's call with its identity
+  (``{tenant, agent, sandbox, call_id, tool, args}``) → the verdict and its explanation,
+  recorded in the ledger and the audit chain before the answer;
+- ``GET /calls/{tenant}/{call_id}?wait=S``: a call's latest verdict, waiting up to ``S``
+  seconds while it is held (deferred);
+- ``POST /calls/{tenant}/{call_id}/outcome``: ``{status, result?, error?}`` of an executed call;
+- ``GET /escalations?tenant=T``, ``POST /escalations/{tenant}/{call_id}/decision``:
+  ``{decision: approve|deny, operator}``;
+- ``PUT /tenants/{tenant}/policy``: a tenant policy (``TOOLS.md``), refused with a message
+  naming the field;
+- ``GET /healthz``, ``GET /metrics``.
+
+Problems are RFC 9457 documents naming what is wrong, as the broker's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.core.errors import CorralError, Pushback
+from corral.supervisor.classifier import CallStateError, UnknownCall
+from corral.supervisor.policy import PolicyError, load_policy
+from corral.supervisor.service import Control
+
+PROBLEM = "application/problem+json"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CallBody(_Body):
+    tenant: str = Field(min_length=1, max_length=128)
+    agent: str = Field(min_length=1, max_length=128)
+    sandbox: str = Field(min_length=1, max_length=128)
+    call_id: str = Field(min_length=1, max_length=128)
+    tool: str = Field(min_length=1, max_length=128)
+    args: dict[str, Any]
+
+
+class OutcomeBody(_Body):
+    status: str = Field(pattern="^(succeeded|failed|unknown)$")
+    result: dict[str, Any] | None = None
+    error: str | None = Field(None, max_length=256)
+
+
+class DecisionBody(_Body):
+    decision: str = Field(pattern="^(approve|deny)$")
+    operator: str = Field(min_length=1, max_length=128)
+
+
+def _problem(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "type": f"https://corral.dev/problems/{code}",
+            "title": code.replace("_", " "),
+            "status": status,
+            "detail": detail,
+        },
+        status_code=status,
+        media_type=PROBLEM,
+    )
+
+
+def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
+    """The control API over a built :class:`Control` (nothing runs at import). A background
+    task decides held calls again every ``reconsider_every_s`` seconds."""
+    registry = CollectorRegistry()
+    verdicts = Counter(
+        "corral_supervisor_verdicts", "Verdicts by verdict", ["verdict"], registry=registry
+    )
+    latency = Histogram(
+        "corral_supervisor_decision_seconds",
+        "POST /calls, audit included",
+        registry=registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(reconsider_every_s)
+                await control.reconsider()
+
+        task = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(title="corral control", version="1", lifespan=lifespan, docs_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or '(body)'}: "
+            f"{e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        ]
+        return _problem(400, "bad_request", "; ".join(where))
+
+    @app.exception_handler(PolicyError)
+    async def bad_policy(_request: Request, exc: PolicyError) -> JSONResponse:
+        return _problem(400, "invalid_policy", "; ".join(exc.problems))
+
+    @app.exception_handler(UnknownCall)
+    async def unknown(_request: Request, exc: UnknownCall) -> JSONResponse:
+        return _problem(404, "unknown_call", str(exc))
+
+    @app.exception_handler(CallStateError)
+    async def conflict(_request: Request, exc: CallStateError) -> JSONResponse:
+        return _problem(409, "call_state", str(exc))
+
+    @app.exception_handler(Pushback)
+    async def pushback(_request: Request, exc: Pushback) -> JSONResponse:
+        response = _problem(503, "pushback", str(exc))
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        return response
+
+    @app.exception_handler(CorralError)
+    async def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+        return _problem(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "tenants": len(control.tenants),
+            "held": len(control.held),
+            "escalations": len(control.escalations),
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/calls")
+    async def calls(body: CallBody) -> dict[str, Any]:
+        started = time.perf_counter()
+        decision = await control.call(body.tenant, body.agent, body.call_id, body.tool, body.args)
+        verdicts.labels(decision.verdict.value).inc()
+        latency.observe(time.perf_counter() - started)
+        return decision.to_json()
+
+    @app.get("/calls/{tenant}/{call_id}")
+    async def call_state(tenant: str, call_id: str, wait: float = 0.0) -> dict[str, Any]:
+        decision = await control.wait(tenant, call_id, min(max(wait, 0.0), 60.0))
+        return decision.to_json()
+
+    @app.post("/calls/{tenant}/{call_id}/outcome")
+    async def outcome(tenant: str, call_id: str, body: OutcomeBody) -> dict[str, Any]:
+        await control.outcome(tenant, call_id, body.status, body.result, body.error)
+        return {"call_id": call_id, "status": body.status}
+
+    @app.get("/escalations")
+    async def escalations(tenant: str) -> dict[str, Any]:
+        return {"tenant": tenant, "escalations": [e.to_json() for e in control.pending(tenant)]}
+
+    @app.post("/escalations/{tenant}/{call_id}/decision")
+    async def decide(tenant: str, call_id: str, body: DecisionBody) -> dict[str, Any]:
+        await control.decide_escalation(tenant, call_id, body.decision, body.operator)
+        return {"call_id": call_id, "decision": body.decision}
+
+    @app.put("/tenants/{tenant}/policy")
+    async def policy(tenant: str, document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        control.set_policy(tenant, load_policy(document))
+        return {"tenant": tenant, "policy": "accepted"}
+
+    return app

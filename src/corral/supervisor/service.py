@@ -1,0 +1,305 @@
+"""The supervisor as a service: decide, hold, escalate, record, in ``corral control``.
+
+:class:`Control` owns one :class:`~corral.supervisor.classifier.TenantSupervisor` per tenant
+and, for every decision, in this order: classifies the call; writes it to the durable ledger
+(:mod:`~corral.supervisor.store`); appends ``action.requested`` and ``action.verdict`` to the
+tenant's audit chain and waits until they are durable; only then answers. Nothing the
+supervisor decided can run before the record of that decision exists.
+
+- **Deferred** calls are held. Each is decided again (as if made at that moment) when a call it
+  waits for gets an outcome, when its ``not_before`` passes, and periodically; after
+  ``defer_timeout_s`` still deferred, it is escalated. ``Control.wait`` lets a caller wait for
+  a held call's final verdict.
+- **Escalated** calls wait in a queue for the operator, with both conflicting calls and the
+  rule; :meth:`Control.decide_escalation` approves (the call becomes live) or denies.
+- **Outcomes** (``succeeded``, ``failed``, ``unknown``; a reconciliation may replace
+  ``unknown``) update the ledger, the store and the audit chain.
+
+At start, :meth:`Control.restore` rebuilds every tenant's ledger from the store, so a restart
+(even a SIGKILL) loses no live call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from corral.audit.entries import (
+    ActionExecuted,
+    ActionExecutedData,
+    ActionFailed,
+    ActionFailedData,
+    ActionRequested,
+    ActionRequestedData,
+    ActionVerdict,
+    ActionVerdictData,
+    Actor,
+    KnownEntry,
+    OperatorDecision,
+    OperatorDecisionData,
+    PersonalPayload,
+    Verdict,
+    seal,
+    split_personal_args,
+)
+from corral.audit.log import Sequencer
+from corral.core.clock import Clock
+from corral.core.ids import IdSource
+from corral.supervisor.classifier import CallStateError, Decision, TenantSupervisor, UnknownCall
+from corral.supervisor.ledger import Status
+from corral.supervisor.policy import TenantPolicy, load_policy
+from corral.supervisor.store import LedgerStore
+
+
+@dataclass
+class Held:
+    """A deferred call waiting to be decided again."""
+
+    tenant: str
+    call_id: str
+    agent: str
+    tool: str
+    args: dict[str, Any]
+    deferred_at: datetime
+    decision: Decision
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Escalation:
+    tenant: str
+    call_id: str
+    agent: str
+    tool: str
+    args: dict[str, Any]
+    decision: Decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "call_id": self.call_id, "agent": self.agent,
+                "tool": self.tool, "args": self.args, "rules": self.decision.rules,
+                "conflicts_with": self.decision.conflicts_with}  # fmt: skip
+
+
+class Control:
+    """Every tenant's supervisor, its durable ledger and its audit chain."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        clock: Clock,
+        ids: IdSource,
+        *,
+        sequencer: Sequencer | None = None,
+        policies: Mapping[str, TenantPolicy] | None = None,
+        defer_timeout_s: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.ids = ids
+        self.sequencer = sequencer
+        self.defer_timeout = timedelta(seconds=defer_timeout_s)
+        self.policies: dict[str, TenantPolicy] = dict(policies or {})
+        self.tenants: dict[str, TenantSupervisor] = {}
+        self.held: dict[tuple[str, str], Held] = {}
+        self.escalations: dict[tuple[str, str], Escalation] = {}
+        self.last: dict[tuple[str, str], Decision] = {}
+
+    # ------------------------------------------------------------------ tenants
+
+    def supervisor(self, tenant: str) -> TenantSupervisor:
+        found = self.tenants.get(tenant)
+        if found is None:
+            found = self.tenants[tenant] = TenantSupervisor(
+                self.policies.get(tenant) or load_policy({})
+            )
+        return found
+
+    def set_policy(self, tenant: str, policy: TenantPolicy) -> None:
+        """A new policy applies to calls decided from now on (the ledger is kept)."""
+        self.policies[tenant] = policy
+        self.supervisor(tenant).policy = policy
+
+    def restore(self) -> int:
+        """Rebuild every tenant's ledger from the store; return the number of calls."""
+        count = 0
+        for tenant in self.store.tenants():
+            stored = self.store.load(tenant)
+            self.supervisor(tenant).restore(stored)
+            count += len(stored)
+            for call in stored:
+                if call.verdict == Verdict.ESCALATE.value and call.status == Status.HELD.value:
+                    decision = Decision(call.call_id, Verdict.ESCALATE, [])
+                    self.escalations[(tenant, call.call_id)] = Escalation(
+                        tenant, call.call_id, call.agent, call.tool, call.args, decision
+                    )
+        return count
+
+    # ------------------------------------------------------------------ audit
+
+    async def _append(
+        self, tenant: str, items: list[tuple[KnownEntry, PersonalPayload | None]]
+    ) -> None:
+        """Append to the tenant's audit chain and wait until durable."""
+        if self.sequencer is None or not items:
+            return
+        futures: list[Future[int]] = self.sequencer.submit_many(tenant, items)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+    def _base(self, tenant: str, actor: Actor) -> dict[str, Any]:
+        return {"id": self.ids.new("ent"), "tenant": tenant, "at": self.clock.now(), "actor": actor}
+
+    def _verdict_entry(self, tenant: str, tool: str, decision: Decision) -> KnownEntry:
+        data = ActionVerdictData(
+            call_id=decision.call_id, tool=tool, verdict=decision.verdict, rules=decision.rules,
+            conflicts_with=decision.conflicts_with, waits_for=decision.waits_for,
+            not_before=decision.not_before, observed=decision.observed,
+        )  # fmt: skip
+        return ActionVerdict(**self._base(tenant, Actor(kind="supervisor", id="supervisor")),
+                             data=data)  # fmt: skip
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(
+        self, tenant: str, agent: str, call_id: str, tool: str, args: Mapping[str, Any],
+        role: str | None = None,
+    ) -> Decision:  # fmt: skip
+        """Decide one call; durable in the ledger and the audit chain before returning."""
+        supervisor = self.supervisor(tenant)
+        at = self.clock.now()
+        decision = supervisor.decide(call_id, agent, tool, args, at)
+        record = supervisor.ledger.calls[call_id]
+        self.store.save(tenant, call_id, agent, tool, args, at, decision.verdict.value,
+                        record.status.value, keep_until=_keep_until(record))  # fmt: skip
+        public, personal = split_personal_args(dict(args))
+        requested = ActionRequested(
+            **self._base(tenant, Actor(kind="agent", id=agent, role=role)),
+            data=ActionRequestedData(call_id=call_id, tool=tool, args=public),
+        )
+        items = [seal(requested, {"args": personal} if personal else None),
+                 (self._verdict_entry(tenant, tool, decision), None)]  # fmt: skip
+        await self._append(tenant, items)
+        self._after(tenant, agent, tool, dict(args), decision)
+        return decision
+
+    def _after(
+        self, tenant: str, agent: str, tool: str, args: dict[str, Any], decision: Decision
+    ) -> None:
+        key = (tenant, decision.call_id)
+        self.last[key] = decision
+        if decision.verdict is Verdict.DEFER:
+            existing = self.held.get(key)
+            if existing is not None:
+                existing.decision = decision
+            else:
+                self.held[key] = Held(
+                    tenant, decision.call_id, agent, tool, args, self.clock.now(), decision
+                )
+        else:
+            held = self.held.pop(key, None)
+            if held is not None:
+                held.decision = decision
+                held.settled.set()
+        if decision.verdict is Verdict.ESCALATE:
+            self.escalations[key] = Escalation(
+                tenant, decision.call_id, agent, tool, args, decision
+            )
+
+    async def outcome(
+        self, tenant: str, call_id: str, status: str, result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record an executed call's outcome, then decide again the calls waiting for it."""
+        supervisor = self.supervisor(tenant)
+        supervisor.outcome(call_id, status, result)
+        self.store.update(tenant, call_id, status, result or {})
+        tool = supervisor.ledger.calls[call_id].tool
+        base = self._base(tenant, Actor(kind="broker", id="broker"))
+        entry: KnownEntry
+        if status == "failed":
+            entry = ActionFailed(**base, data=ActionFailedData(
+                call_id=call_id, tool=tool, error=error or "failed"))  # fmt: skip
+        else:
+            entry = ActionExecuted(**base, data=ActionExecutedData(
+                call_id=call_id, tool=tool, status=status, result=dict(result or {})))  # fmt: skip
+        await self._append(tenant, [(entry, None)])
+        await self.reconsider(tenant, waiting_for=call_id)
+
+    async def reconsider(self, tenant: str | None = None, *, waiting_for: str | None = None) -> int:
+        """Decide held calls again: those waiting for ``waiting_for``, or (without it) every
+        held call whose ``not_before`` passed, and any held longer than the timeout, which is
+        escalated. Returns how many were decided again."""
+        now = self.clock.now()
+        count = 0
+        for held in list(self.held.values()):
+            if tenant is not None and held.tenant != tenant:
+                continue
+            due = (
+                waiting_for in held.decision.waits_for
+                if waiting_for is not None
+                else (held.decision.not_before is not None and held.decision.not_before <= now)
+                or bool(held.decision.waits_for)
+            )
+            timed_out = now - held.deferred_at >= self.defer_timeout
+            if not (due or timed_out):
+                continue
+            supervisor = self.supervisor(held.tenant)
+            if timed_out and not due:
+                decision = Decision(held.call_id, Verdict.ESCALATE, ["defer_timeout"],
+                                    conflicts_with=held.decision.conflicts_with)  # fmt: skip
+                supervisor.ledger.admit(supervisor.ledger.calls[held.call_id])
+            else:
+                decision = supervisor.reconsider(held.call_id, now)
+                if decision.verdict is Verdict.DEFER and timed_out:
+                    decision = Decision(held.call_id, Verdict.ESCALATE,
+                                        ["defer_timeout", *decision.rules],
+                                        conflicts_with=decision.conflicts_with)  # fmt: skip
+            record = supervisor.ledger.calls[held.call_id]
+            self.store.update(held.tenant, held.call_id, record.status.value)
+            await self._append(held.tenant, [(self._verdict_entry(held.tenant, held.tool,
+                                                                  decision), None)])  # fmt: skip
+            self._after(held.tenant, held.agent, held.tool, held.args, decision)
+            count += 1
+        return count
+
+    async def wait(self, tenant: str, call_id: str, timeout_s: float) -> Decision:
+        """The call's latest decision, waiting up to ``timeout_s`` while it is held."""
+        held = self.held.get((tenant, call_id))
+        if held is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.settled.wait(), timeout_s)
+        decision = self.last.get((tenant, call_id))
+        if decision is None:
+            raise UnknownCall(call_id)
+        return decision
+
+    async def decide_escalation(
+        self, tenant: str, call_id: str, decision: str, operator: str
+    ) -> None:
+        """The operator's approval (the call becomes live) or denial of an escalated call."""
+        escalation = self.escalations.get((tenant, call_id))
+        if escalation is None:
+            raise CallStateError(f"call {call_id!r} of tenant {tenant!r} is not escalated")
+        supervisor = self.supervisor(tenant)
+        supervisor.operator(call_id, decision)
+        record = supervisor.ledger.calls[call_id]
+        self.store.update(tenant, call_id, record.status.value)
+        entry = OperatorDecision(
+            **self._base(tenant, Actor(kind="operator", id=operator)),
+            data=OperatorDecisionData(call_id=call_id, escalation_id=call_id, decision=decision),
+        )
+        await self._append(tenant, [(entry, None)])
+        del self.escalations[(tenant, call_id)]
+
+    def pending(self, tenant: str) -> list[Escalation]:
+        return [e for (t, _), e in self.escalations.items() if t == tenant]
+
+
+def _keep_until(record: Any) -> datetime | None:
+    """Bookings must outlive the 24 h windows until their interval ends."""
+    effect = getattr(record, "effect", None)
+    return getattr(effect, "end", None)
