@@ -271,3 +271,39 @@ def test_sigkill_loses_no_live_call(tmp_path: Path) -> None:
         )
         assert again.verdict.value == "defer" and call_id in again.waits_for
     store.close()
+
+
+def test_corral_control_serve_answers_on_its_socket(tmp_path: Path) -> None:
+    tenants = tmp_path / "control" / "tenants"
+    tenants.mkdir(parents=True)
+    (tenants / f"{TENANT}.yaml").write_text(
+        "timezone: America/Los_Angeles\nopted_out: ['+13105550100']\n"
+    )
+    env = {**os.environ, "CORRAL_DATA_DIR": str(tmp_path)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "control", "serve"], cwd=ROOT, env=env
+    )
+    socket = tmp_path / "control" / "control.sock"
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        assert socket.stat().st_mode & 0o777 == 0o600
+        transport = httpx.HTTPTransport(uds=str(socket))
+        with httpx.Client(transport=transport, base_url="http://control") as client:
+            body = {
+                "tenant": TENANT,
+                "agent": "a",
+                "sandbox": "s",
+                "call_id": "c1",
+                "tool": "twilio.send_sms",
+                "args": {"to": "(310) 555-0100", "body": "hi"},
+            }
+            answer = client.post("/calls", json=body).json()
+            assert answer["verdict"] == "deny" and answer["rules"] == ["opted_out"]
+            assert client.get("/healthz").json()["tenants"] == 1
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(15) == 0
+    assert not socket.exists()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import _audit, _broker, _fakes, _supervisor
+from corral.cli import _audit, _broker, _control, _fakes, _supervisor
 from corral.cli._console import App
 
 __all__ = ["app", "main"]
@@ -28,6 +28,7 @@ app.add_typer(_audit.app, name="audit")
 app.add_typer(_broker.app, name="broker")
 app.add_typer(_fakes.app, name="fakes")
 app.add_typer(_supervisor.app, name="supervisor")
+app.add_typer(_control.app, name="control")
 
 
 def _version(value: bool) -> None:

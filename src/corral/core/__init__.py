@@ -23,6 +23,7 @@ from corral.core.settings import (
     AnchorSettings,
     AuditSettings,
     BrokerSettings,
+    ControlSettings,
     Settings,
     load_settings,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "CanonicalizationError",
     "Clock",
     "ConfigError",
+    "ControlSettings",
     "CorralError",
     "IdSource",
     "ManualClock",

@@ -23,7 +23,14 @@ from pydantic_settings import (
 
 from corral.core.errors import ConfigError
 
-__all__ = ["AnchorSettings", "AuditSettings", "BrokerSettings", "Settings", "load_settings"]
+__all__ = [
+    "AnchorSettings",
+    "AuditSettings",
+    "BrokerSettings",
+    "ControlSettings",
+    "Settings",
+    "load_settings",
+]
 
 
 class _Section(BaseModel):
@@ -84,6 +91,28 @@ class BrokerSettings(_Section):
         return self
 
 
+class ControlSettings(_Section):
+    """``corral control``: the supervisor's ledger, its socket, tenants' policies."""
+
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file control/control.db in the data dir"
+    )
+    database_schema: str | None = Field(None, description="PostgreSQL schema for its tables")
+    socket: Path | None = Field(None, description="Unix socket; default control/control.sock")
+    tcp_host: str | None = Field(None, description="also listen on TCP (TLS required)")
+    tcp_port: int = Field(8444, ge=1, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    defer_timeout_s: float = Field(300.0, gt=0, description="a call deferred longer escalates")
+    reconsider_every_s: float = Field(1.0, gt=0, description="how often held calls are retried")
+
+    @model_validator(mode="after")
+    def _tcp_needs_tls(self) -> ControlSettings:
+        if self.tcp_host is not None and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("control.tcp_host needs control.tls_cert and control.tls_key")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CORRAL_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -93,6 +122,7 @@ class Settings(BaseSettings):
     deployment: str = Field("corral.local", description="origin prefix: <deployment>/tenants/<id>")
     audit: AuditSettings = AuditSettings()
     broker: BrokerSettings = BrokerSettings()
+    control: ControlSettings = ControlSettings()
 
     @field_validator("deployment")
     @classmethod
@@ -114,6 +144,17 @@ class Settings(BaseSettings):
 
     def broker_socket(self) -> Path:
         return self.broker.socket or self.broker_dir / "broker.sock"
+
+    @property
+    def control_dir(self) -> Path:
+        """Control's own directory: its ledger, socket, approval key; ``tenants/`` policies."""
+        return self.data_dir / "control"
+
+    def control_database_url(self) -> str:
+        return self.control.database_url or f"sqlite:///{self.control_dir / 'control.db'}"
+
+    def control_socket(self) -> Path:
+        return self.control.socket or self.control_dir / "control.sock"
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,59 @@
+"""Run ``corral control``'s supervisor: its ledger restored, tenants' policies loaded, the API
+on a 0600 Unix socket (TCP with TLS optional), every decision in the audit chain.
+
+Tenant policies are files ``<data dir>/control/tenants/<tenant>.json`` (or ``.yaml``), or set
+at run time with ``PUT /tenants/{tenant}/policy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from corral.audit.chain import open_chain
+from corral.core.clock import SystemClock
+from corral.core.ids import RandomIds
+from corral.core.serving import Listen, serve
+from corral.core.settings import Settings
+from corral.supervisor.app import create_app
+from corral.supervisor.policy import TenantPolicy, load_policy
+from corral.supervisor.service import Control
+from corral.supervisor.store import LedgerStore
+
+
+def load_policies(directory: Path) -> dict[str, TenantPolicy]:
+    """Every ``<tenant>.json``/``.yaml``/``.yml`` file of ``directory`` (refused if invalid)."""
+    policies = {}
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            if path.suffix in (".json", ".yaml", ".yml"):
+                policies[path.stem] = load_policy(path)
+    return policies
+
+
+async def serve_control(settings: Settings) -> None:
+    clock = SystemClock()
+    store = LedgerStore.from_url(
+        settings.control_database_url(), schema=settings.control.database_schema
+    )
+    store.create_schema()
+    control_settings = settings.control
+    with open_chain(settings, clock) as chain:
+        control = Control(
+            store, clock, RandomIds(clock), sequencer=chain.sequencer,
+            policies=load_policies(settings.control_dir / "tenants"),
+            defer_timeout_s=control_settings.defer_timeout_s,
+        )  # fmt: skip
+        control.restore()
+        listen = Listen(settings.control_socket(), control_settings.tcp_host,
+                        control_settings.tcp_port, control_settings.tls_cert,
+                        control_settings.tls_key)  # fmt: skip
+        app = create_app(control, reconsider_every_s=control_settings.reconsider_every_s)
+        try:
+            await serve(app, listen)
+        finally:
+            store.close()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve_control(settings))
