@@ -53,3 +53,23 @@ def test_touching_intervals_do_not_overlap() -> None:
 def test_normalized_body_is_nfkc_casefolded_and_collapsed() -> None:
     assert normalize_body("  See\tyou\n\nat ＴＥＮ!  ") == "see you at ten!"
     assert normalize_body("STRASSE") == normalize_body("straße")
+
+
+def test_pruning_forgets_old_calls_but_keeps_what_rules_still_read() -> None:
+    from corral.supervisor.classifier import TenantSupervisor
+    from corral.supervisor.policy import load_policy
+
+    supervisor = TenantSupervisor(load_policy({}))
+    old = T0 - timedelta(days=5)
+    supervisor.decide("m-old", "a", "twilio.send_sms", {"to": "+13105550123", "body": "x"}, old)
+    supervisor.decide("m-unknown", "a", "twilio.send_sms", {"to": "+13105550124", "body": "x"}, old)
+    supervisor.outcome("m-unknown", "unknown")
+    future = {"calendar_id": "lee", "start": "2026-03-20T10:00:00Z",
+              "end": "2026-03-20T10:30:00Z", "summary": "later"}  # fmt: skip
+    supervisor.decide("b-future", "a", "google_calendar.insert_event", future, old)
+    assert supervisor.prune(T0) == 1
+    assert set(supervisor.ledger.calls) == {"m-unknown", "b-future"}
+    again = supervisor.decide("b-2", "a", "google_calendar.insert_event", future, T0)
+    assert again.verdict.value == "defer" and again.waits_for == ["b-future"]
+    msg = supervisor.decide("m-2", "a", "twilio.send_sms", {"to": "+13105550124", "body": "y"}, T0)
+    assert msg.rules == ["unknown_outcome"]

@@ -97,9 +97,13 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async def tick() -> None:
+            last_prune = time.monotonic()
             while True:
                 await asyncio.sleep(reconsider_every_s)
                 await control.reconsider()
+                if time.monotonic() - last_prune > 60:
+                    control.prune()
+                    last_prune = time.monotonic()
 
         task = asyncio.create_task(tick())
         try:

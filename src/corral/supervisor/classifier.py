@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from corral.audit.entries import Decision as OperatorDecision
@@ -34,7 +34,7 @@ from corral.core.errors import CorralError
 from corral.supervisor.effects import CallEffect, InvalidCall, derive
 from corral.supervisor.ledger import CallRecord, Ledger, Status
 from corral.supervisor.policy import TenantPolicy
-from corral.supervisor.rules import RULES_BY_KIND, STRENGTH, Context, Hit, retry_storm
+from corral.supervisor.rules import DAY, RULES_BY_KIND, STRENGTH, Context, Hit, retry_storm
 from corral.supervisor.store import StoredCall
 
 
@@ -187,6 +187,14 @@ class TenantSupervisor:
                 self.ledger.outcome(record, status, call.result)
             else:
                 record.status = status
+
+    def prune(self, now: datetime) -> int:
+        """Forget what no rule can read any more: calls older than the longest window (24 h,
+        or the policy's ``dedupe_window_s`` if longer, plus a day for local days), bookings
+        whose interval ended over a day ago. Keeps each check's cost bounded by the recent
+        history, not the whole of it."""
+        window = max(DAY, timedelta(seconds=self.policy.messages.dedupe_window_s)) + DAY
+        return self.ledger.prune(now - window, now - DAY)
 
     def outcome(self, call_id: str, status: str, result: Mapping[str, Any] | None = None) -> None:
         """An executed call's outcome: ``succeeded``, ``failed`` or ``unknown`` (a later

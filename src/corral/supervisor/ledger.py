@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import enum
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -81,6 +81,15 @@ class IntervalIndex:
         self._starts.insert(i, effect.start)
         self._records.insert(i, record)
         self._longest = max(self._longest, effect.end - effect.start)
+
+    def keep(self, wanted: Callable[[CallRecord], bool]) -> None:
+        """Drop the intervals ``wanted`` refuses (pruning; order is kept)."""
+        kept = [(s, r) for s, r in zip(self._starts, self._records, strict=True) if wanted(r)]
+        self._starts = [s for s, _ in kept]
+        self._records = [r for _, r in kept]
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def overlapping(self, start: datetime, end: datetime) -> Iterator[CallRecord]:
         low = bisect.bisect_right(self._starts, start - self._longest)
@@ -148,6 +157,41 @@ class Ledger:
             record.event = booked_event(effect, event_id)
         elif effect.kind is EffectKind.CANCELLATION and effect.target is not None:
             self.released.add(effect.target)
+
+    def prune(self, before: datetime, bookings_before: datetime) -> int:
+        """Forget calls made before ``before`` that no rule can read any more: everything but
+        bookings whose interval ends after ``bookings_before``, cancellations of bookings still
+        kept, and calls whose outcome is ``unknown`` (``unknown_outcome`` has no window).
+        Returns how many calls were forgotten. O(n): run it now and then, not per call."""
+
+        def wanted(record: CallRecord) -> bool:
+            if record.at >= before or record.status is Status.UNKNOWN:
+                return True
+            effect = record.effect
+            if isinstance(effect, CallEffect) and effect.kind is EffectKind.BOOKING:
+                return effect.end is not None and effect.end > bookings_before
+            return isinstance(effect, CallEffect) and effect.kind is EffectKind.CANCELLATION
+
+        gone = [call_id for call_id, r in self.calls.items() if not wanted(r)]
+        for call_id in gone:
+            del self.calls[call_id]
+        indexes: list[defaultdict[Any, list[CallRecord]]] = [
+            self.messages, self.messages_by_day, self.cancellations, self.refunds,
+            self.refunds_by_day, self.charges, self.invoices, self.invoices_by_customer,
+            self.identical,
+        ]  # fmt: skip
+        for index in indexes:
+            for key in list(index):
+                kept = [r for r in index[key] if wanted(r)]
+                if kept:
+                    index[key] = kept
+                else:
+                    del index[key]
+        for calendar in list(self.bookings):
+            self.bookings[calendar].keep(wanted)
+            if not len(self.bookings[calendar]):
+                del self.bookings[calendar]
+        return len(gone)
 
     def is_released(self, booking: CallRecord) -> bool:
         """A booking whose event a succeeded cancellation named no longer holds its slot."""

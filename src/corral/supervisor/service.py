@@ -295,6 +295,16 @@ class Control:
         await self._append(tenant, [(entry, None)])
         del self.escalations[(tenant, call_id)]
 
+    def prune(self) -> int:
+        """Forget, in memory and in the store, calls no rule can read any more."""
+        now = self.clock.now()
+        forgotten = 0
+        for tenant, supervisor in self.tenants.items():
+            forgotten += supervisor.prune(now)
+            window = timedelta(seconds=supervisor.policy.messages.dedupe_window_s)
+            self.store.prune(tenant, now - max(timedelta(hours=24), window) - timedelta(hours=24))
+        return forgotten
+
     def pending(self, tenant: str) -> list[Escalation]:
         return [e for (t, _), e in self.escalations.items() if t == tenant]
 
