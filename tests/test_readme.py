@@ -49,7 +49,7 @@ def test_every_broker_and_fakes_command_in_the_readme_exists() -> None:
 
     from corral.cli import app
 
-    commands = re.findall(r"^corral (broker|fakes) ([a-z-]+)", README, re.M)
+    commands = re.findall(r"^corral (broker|fakes|supervisor|control) ([a-z-]+)", README, re.M)
     assert len(commands) >= 7
     for group, command in commands:
         result = CliRunner().invoke(app, [group, command, "--help"])
