@@ -42,8 +42,7 @@ from corral.broker.keys import KeyProviderUnavailable
 from corral.broker.oauth import RefreshBusy
 from corral.core.clock import format_time
 from corral.core.errors import BrokerError
-
-PROBLEM = "application/problem+json"
+from corral.core.problems import problem, validation_detail
 
 
 class _Body(BaseModel):
@@ -119,15 +118,6 @@ class _Metrics:
         )  # fmt: skip
 
 
-def _problem(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": f"https://corral.dev/problems/{code}", "title": code.replace("_", " "),
-         "status": status, "detail": detail},
-        status_code=status,
-        media_type=PROBLEM,
-    )  # fmt: skip
-
-
 def create_app(broker: Broker) -> FastAPI:
     """The broker's ASGI app over an already-built :class:`Broker` (nothing runs at import)."""
     metrics = _Metrics()
@@ -141,22 +131,18 @@ def create_app(broker: Broker) -> FastAPI:
     @app.exception_handler(CallRefused)
     async def refused(_request: Request, exc: CallRefused) -> JSONResponse:
         metrics.refusals.labels(exc.code).inc()
-        return _problem(exc.status, exc.code, str(exc))
+        return problem(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        where = []
-        for error in exc.errors():
-            loc = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-            where.append(f"{loc or '(body)'}: {error.get('msg', 'invalid')}")
         metrics.refusals.labels("bad_request").inc()
-        return _problem(400, "bad_request", "; ".join(where) or "malformed request")
+        return problem(400, "bad_request", validation_detail(exc))
 
     @app.exception_handler(KeyProviderUnavailable)
     @app.exception_handler(RefreshBusy)
     async def unavailable(_request: Request, exc: BrokerError) -> JSONResponse:
         metrics.refusals.labels("unavailable").inc()
-        response = _problem(503, "unavailable", str(exc))
+        response = problem(503, "unavailable", str(exc))
         response.headers["Retry-After"] = "1"
         return response
 
@@ -164,7 +150,7 @@ def create_app(broker: Broker) -> FastAPI:
     async def internal(_request: Request, exc: Exception) -> JSONResponse:
         # Never the exception text: it may hold anything. The log has the type.
         metrics.refusals.labels("internal").inc()
-        return _problem(500, "internal", f"internal error ({type(exc).__name__})")
+        return problem(500, "internal", f"internal error ({type(exc).__name__})")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -36,11 +36,10 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.core.errors import CorralError, Pushback
+from corral.core.problems import problem, validation_detail
 from corral.supervisor.classifier import CallStateError, UnknownCall
 from corral.supervisor.policy import PolicyError, load_policy
 from corral.supervisor.service import Control
-
-PROBLEM = "application/problem+json"
 
 
 class _Body(BaseModel):
@@ -65,19 +64,6 @@ class OutcomeBody(_Body):
 class DecisionBody(_Body):
     decision: str = Field(pattern="^(approve|deny)$")
     operator: str = Field(min_length=1, max_length=128)
-
-
-def _problem(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {
-            "type": f"https://corral.dev/problems/{code}",
-            "title": code.replace("_", " "),
-            "status": status,
-            "detail": detail,
-        },
-        status_code=status,
-        media_type=PROBLEM,
-    )
 
 
 def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
@@ -115,34 +101,29 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        where = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or '(body)'}: "
-            f"{e.get('msg', 'invalid')}"
-            for e in exc.errors()
-        ]
-        return _problem(400, "bad_request", "; ".join(where))
+        return problem(400, "bad_request", validation_detail(exc))
 
     @app.exception_handler(PolicyError)
     async def bad_policy(_request: Request, exc: PolicyError) -> JSONResponse:
-        return _problem(400, "invalid_policy", "; ".join(exc.problems))
+        return problem(400, "invalid_policy", "; ".join(exc.problems))
 
     @app.exception_handler(UnknownCall)
     async def unknown(_request: Request, exc: UnknownCall) -> JSONResponse:
-        return _problem(404, "unknown_call", str(exc))
+        return problem(404, "unknown_call", str(exc))
 
     @app.exception_handler(CallStateError)
     async def conflict(_request: Request, exc: CallStateError) -> JSONResponse:
-        return _problem(409, "call_state", str(exc))
+        return problem(409, "call_state", str(exc))
 
     @app.exception_handler(Pushback)
     async def pushback(_request: Request, exc: Pushback) -> JSONResponse:
-        response = _problem(503, "pushback", str(exc))
+        response = problem(503, "pushback", str(exc))
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 
     @app.exception_handler(CorralError)
     async def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
-        return _problem(500, "internal", f"{type(exc).__name__}: {exc}")
+        return problem(500, "internal", f"{type(exc).__name__}: {exc}")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
