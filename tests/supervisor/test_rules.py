@@ -73,3 +73,13 @@ def test_pruning_forgets_old_calls_but_keeps_what_rules_still_read() -> None:
     assert again.verdict.value == "defer" and again.waits_for == ["b-future"]
     msg = supervisor.decide("m-2", "a", "twilio.send_sms", {"to": "+13105550124", "body": "y"}, T0)
     assert msg.rules == ["unknown_outcome"]
+
+
+def test_a_provider_pattern_covers_catalog_tools_only() -> None:
+    from corral.supervisor.policy import load_policy
+
+    policy = load_policy({"roles": {"billing": ["stripe.*"]}, "agents": {"billing-1": "billing"}})
+    assert policy.role_allows("billing-1", "stripe.create_refund") is True
+    assert policy.role_allows("billing-1", "stripe.create_charge") is False  # not in the catalog
+    assert policy.role_allows("billing-1", "twilio.send_sms") is False
+    assert policy.role_allows("someone-else", "stripe.create_charge") is None

@@ -499,8 +499,10 @@ class TenantPolicy(BaseModel):
             return None
         if access.everything or tool in access.tools:
             return True
+        # ``provider.*`` is "every tool of that provider" (TOOLS.md): catalog tools only, so a
+        # made-up ``stripe.create_charge`` is outside a ``stripe.*`` role too.
         provider, dot, _ = tool.partition(".")
-        return bool(dot) and provider in access.providers
+        return bool(dot) and provider in access.providers and tool in _tools()[0]
 
     def observed(self, rule_id: str) -> bool:
         """Whether ``rule_id`` is only observed (reported, not enforced)."""

@@ -1,0 +1,162 @@
+"""Decision latency through ``corral control``'s socket, open loop.
+
+``corral control serve`` runs as its own process (its ledger restored at start from a store
+pre-filled with the earlier calls, its audit chain on SQLite in the same data directory). This
+process sends the measured calls as ``POST /calls`` over the Unix socket on a fixed schedule
+(call i at t0 + i/R): latency = completion − scheduled time, so queueing counts. Every answer
+has made the ledger row and both audit entries durable before it is sent.
+
+The client speaks HTTP/1.1 by hand over asyncio streams, with a pool of keep-alive connections:
+httpx costs about a millisecond of CPU per request, and this client shares the same 2 cores
+with the server, so a heavier client would measure itself. Only what the benchmark needs is
+implemented (Content-Length bodies, keep-alive); it is not a general client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks._common import percentile
+from benchmarks._supervisor_load import Call, Fleet, Workload
+from corral.supervisor.store import LedgerStore, calls
+
+
+@dataclass
+class SocketRun:
+    rate: float
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    restore_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "offered_per_s": self.rate,
+            "achieved_per_s": len(self.latencies_ms) / self.seconds if self.seconds else 0.0,
+            "p50_ms": percentile(self.latencies_ms, 50),
+            "p99_ms": percentile(self.latencies_ms, 99),
+            "p999_ms": percentile(self.latencies_ms, 99.9),
+            "calls": len(self.latencies_ms),
+            "verdicts": self.verdicts,
+            "restore_s": self.restore_s,
+        }
+
+
+def fill_store(url: str, earlier: int, measured: int) -> tuple[dict[str, Any], list[Call]]:
+    """Decide ``earlier`` calls in-process and write them, with their final statuses, to the
+    store in one transaction; return the tenant's policy and the calls to measure."""
+    workload = Workload(1, 10, earlier)
+    fleet = Fleet(workload)
+    decided: list[tuple[Call, str]] = []
+    for call in workload.calls(earlier):
+        decision = fleet.decide(call)
+        fleet.after(call, decision)
+        decided.append((call, decision.verdict.value))
+    fleet.feedback = False
+    supervisor = fleet.supervisors[workload.tenants[0].name]
+    rows = []
+    for seq, (call, verdict) in enumerate(decided, 1):
+        record = supervisor.ledger.calls[call.call_id]
+        rows.append({
+            "tenant": call.tenant, "call_id": call.call_id, "seq": seq, "agent": call.agent,
+            "tool": call.tool, "args": json.dumps(call.args), "at": call.at, "verdict": verdict,
+            "status": record.status.value, "result": json.dumps(record.result),
+            "keep_until": getattr(record.effect, "end", None),
+        })  # fmt: skip
+    store = LedgerStore.from_url(url)
+    store.create_schema()
+    with store._write("bulk fill") as conn:
+        conn.execute(sa.insert(calls), rows)
+    store.close()
+    return workload.tenants[0].policy(), list(workload.calls(measured))
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nHost: control\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+
+async def _open_loop(socket: Path, bodies: list[bytes], rate: float, pool: int) -> SocketRun:
+    run = SocketRun(rate)
+    idle: asyncio.Queue[_Connection] = asyncio.Queue()
+    for _ in range(pool):
+        idle.put_nowait(_Connection(*await asyncio.open_unix_connection(str(socket))))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.05
+
+    async def one(i: int, body: bytes) -> None:
+        scheduled = t0 + i / rate
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        connection = await idle.get()
+        status, answer = await connection.post("/calls", body)
+        run.latencies_ms.append((loop.time() - scheduled) * 1000)
+        idle.put_nowait(connection)
+        verdict = json.loads(answer).get("verdict", f"http {status}")
+        run.verdicts[verdict] = run.verdicts.get(verdict, 0) + 1
+
+    await asyncio.gather(*(one(i, body) for i, body in enumerate(bodies)))
+    run.seconds = loop.time() - t0
+    while not idle.empty():
+        idle.get_nowait().writer.close()
+    return run
+
+
+def through_socket(earlier: int, per_rate: int, rates: list[float]) -> list[SocketRun]:
+    """Start ``corral control serve`` on a pre-filled store; one open-loop pass per rate."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="corral-bench-control-") as tmp:
+        data = Path(tmp)
+        policy, measured = fill_store(f"sqlite:///{data / 'control' / 'control.db'}", earlier,
+                                      per_rate * len(rates))  # fmt: skip
+        tenants = data / "control" / "tenants"
+        tenants.mkdir(parents=True, exist_ok=True)
+        (tenants / f"{measured[0].tenant}.json").write_text(json.dumps(policy))
+        env = {**os.environ, "CORRAL_DATA_DIR": str(data)}
+        socket = data / "control" / "control.sock"
+        started = time.perf_counter()
+        with (data / "control.log").open("w") as log:
+            child = subprocess.Popen([sys.executable, "-m", "corral.cli", "control", "serve"],
+                                     env=env, stderr=log)  # fmt: skip
+        try:
+            while not socket.exists():
+                if child.poll() is not None:
+                    raise RuntimeError((data / "control.log").read_text()[-2000:])
+                time.sleep(0.01)
+            restore_s = time.perf_counter() - started
+            for n, rate in enumerate(rates):
+                batch = measured[n * per_rate : (n + 1) * per_rate]
+                bodies = [json.dumps({"tenant": c.tenant, "agent": c.agent, "sandbox": "bench",
+                                      "call_id": c.call_id, "tool": c.tool,
+                                      "args": c.args}).encode() for c in batch]  # fmt: skip
+                run = asyncio.run(_open_loop(socket, bodies, rate, pool=64))
+                run.restore_s = restore_s
+                runs.append(run)
+        finally:
+            child.send_signal(signal.SIGTERM)
+            child.wait(30)
+    return runs
