@@ -1,10 +1,11 @@
 """Decision latency through ``corral control``'s socket, open loop.
 
 ``corral control serve`` runs as its own process (its ledger restored at start from a store
-pre-filled with the earlier calls, its audit chain on SQLite in the same data directory). This
-process sends the measured calls as ``POST /calls`` over the Unix socket on a fixed schedule
-(call i at t0 + i/R): latency = completion − scheduled time, so queueing counts. Every answer
-has made the ledger row and both audit entries durable before it is sent.
+pre-filled with the earlier calls of one tenant or of 1,000, its audit chain on SQLite in the
+same data directory). This process sends the measured calls as ``POST /calls`` over the Unix
+socket on a fixed schedule (call i at t0 + i/R): latency = completion − scheduled time, so
+queueing counts. Every answer has made the ledger row and both audit entries durable before
+it is sent.
 
 The client speaks HTTP/1.1 by hand over asyncio streams, with a pool of keep-alive connections:
 httpx costs about a millisecond of CPU per request, and this client shares the same 2 cores
@@ -36,6 +37,7 @@ from corral.supervisor.store import LedgerStore, calls
 @dataclass
 class SocketRun:
     rate: float
+    tenants: int = 1
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     verdicts: dict[str, int] = field(default_factory=dict)
@@ -43,6 +45,7 @@ class SocketRun:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "tenants": self.tenants,
             "offered_per_s": self.rate,
             "achieved_per_s": len(self.latencies_ms) / self.seconds if self.seconds else 0.0,
             "p50_ms": percentile(self.latencies_ms, 50),
@@ -54,10 +57,12 @@ class SocketRun:
         }
 
 
-def fill_store(url: str, earlier: int, measured: int) -> tuple[dict[str, Any], list[Call]]:
+def fill_store(
+    url: str, tenants: int, earlier: int, measured: int
+) -> tuple[dict[str, dict[str, Any]], list[Call]]:
     """Decide ``earlier`` calls in-process and write them, with their final statuses, to the
-    store in one transaction; return the tenant's policy and the calls to measure."""
-    workload = Workload(1, 10, earlier)
+    store in one transaction; return each tenant's policy and the calls to measure."""
+    workload = Workload(tenants, 10, earlier)
     fleet = Fleet(workload)
     decided: list[tuple[Call, str]] = []
     for call in workload.calls(earlier):
@@ -65,10 +70,9 @@ def fill_store(url: str, earlier: int, measured: int) -> tuple[dict[str, Any], l
         fleet.after(call, decision)
         decided.append((call, decision.verdict.value))
     fleet.feedback = False
-    supervisor = fleet.supervisors[workload.tenants[0].name]
     rows = []
     for seq, (call, verdict) in enumerate(decided, 1):
-        record = supervisor.ledger.calls[call.call_id]
+        record = fleet.supervisors[call.tenant].ledger.calls[call.call_id]
         rows.append({
             "tenant": call.tenant, "call_id": call.call_id, "seq": seq, "agent": call.agent,
             "tool": call.tool, "args": json.dumps(call.args), "at": call.at, "verdict": verdict,
@@ -80,7 +84,8 @@ def fill_store(url: str, earlier: int, measured: int) -> tuple[dict[str, Any], l
     with store._write("bulk fill") as conn:
         conn.execute(sa.insert(calls), rows)
     store.close()
-    return workload.tenants[0].policy(), list(workload.calls(measured))
+    policies = {tenant.name: tenant.policy() for tenant in workload.tenants}
+    return policies, list(workload.calls(measured))
 
 
 class _Connection:
@@ -126,16 +131,19 @@ async def _open_loop(socket: Path, bodies: list[bytes], rate: float, pool: int) 
     return run
 
 
-def through_socket(earlier: int, per_rate: int, rates: list[float]) -> list[SocketRun]:
+def through_socket(
+    earlier: int, per_rate: int, rates: list[float], tenants: int = 1
+) -> list[SocketRun]:
     """Start ``corral control serve`` on a pre-filled store; one open-loop pass per rate."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="corral-bench-control-") as tmp:
         data = Path(tmp)
-        policy, measured = fill_store(f"sqlite:///{data / 'control' / 'control.db'}", earlier,
-                                      per_rate * len(rates))  # fmt: skip
-        tenants = data / "control" / "tenants"
-        tenants.mkdir(parents=True, exist_ok=True)
-        (tenants / f"{measured[0].tenant}.json").write_text(json.dumps(policy))
+        policies, measured = fill_store(f"sqlite:///{data / 'control' / 'control.db'}", tenants,
+                                        earlier, per_rate * len(rates))  # fmt: skip
+        directory = data / "control" / "tenants"
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, policy in policies.items():
+            (directory / f"{name}.json").write_text(json.dumps(policy))
         env = {**os.environ, "CORRAL_DATA_DIR": str(data)}
         socket = data / "control" / "control.sock"
         started = time.perf_counter()
@@ -154,7 +162,7 @@ def through_socket(earlier: int, per_rate: int, rates: list[float]) -> list[Sock
                                       "call_id": c.call_id, "tool": c.tool,
                                       "args": c.args}).encode() for c in batch]  # fmt: skip
                 run = asyncio.run(_open_loop(socket, bodies, rate, pool=64))
-                run.restore_s = restore_s
+                run.restore_s, run.tenants = restore_s, tenants
                 runs.append(run)
         finally:
             child.send_signal(signal.SIGTERM)
