@@ -165,6 +165,22 @@ def test_escalations_wait_for_the_operator(world: World) -> None:
     queue = asyncio.run(world.request("GET", f"/escalations?tenant={TENANT}")).json()
     assert [e["call_id"] for e in queue["escalations"]] == ["r1"]
     assert queue["escalations"][0]["rules"] == ["refund_above_threshold"]
+    world.call(
+        "r0",
+        "stripe.create_payment_intent",
+        {"amount": 9000, "currency": "usd", "customer": "cus_1"},
+    )
+    world.call(
+        "r9",
+        "stripe.create_payment_intent",
+        {"amount": 9000, "currency": "usd", "customer": "cus_1"},
+    )
+    queue = asyncio.run(world.request("GET", f"/escalations?tenant={TENANT}")).json()
+    charge = next(e for e in queue["escalations"] if e["call_id"] == "r9")
+    assert charge["rules"] == ["duplicate_charge"]
+    (other,) = charge["conflicting_calls"]
+    assert other["call_id"] == "r0" and other["args"]["customer"] == "cus_1"
+    assert other["status"] == "in_flight"
     approve = {"decision": "approve", "operator": "owner"}
     response = asyncio.run(world.request("POST", f"/escalations/{TENANT}/r1/decision", approve))
     assert response.status_code == 200

@@ -158,7 +158,8 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
 
     @app.get("/escalations")
     async def escalations(tenant: str) -> dict[str, Any]:
-        return {"tenant": tenant, "escalations": [e.to_json() for e in control.pending(tenant)]}
+        pending = [control.describe(e) for e in control.pending(tenant)]
+        return {"tenant": tenant, "escalations": pending}
 
     @app.post("/escalations/{tenant}/{call_id}/decision")
     async def decide(tenant: str, call_id: str, body: DecisionBody) -> dict[str, Any]:

@@ -104,7 +104,7 @@ class TenantSupervisor:
         if call_id in self.ledger.calls:
             raise CallStateError(f"call id {call_id!r} was already decided")
         effect = derive(tool, args, at, self.policy)
-        record = CallRecord(call_id, agent, tool, at, effect)
+        record = CallRecord(call_id, agent, tool, at, effect, args=args)
         hits = self._hits(record)
         decision = self._decision(record, hits)
         self.ledger.record(record)
@@ -178,7 +178,9 @@ class TenantSupervisor:
         stored verdicts and statuses are authoritative: nothing is classified again."""
         for call in stored:
             effect = derive(call.tool, call.args, call.at, self.policy)
-            record = CallRecord(call.call_id, call.agent, call.tool, call.at, effect)
+            record = CallRecord(
+                call.call_id, call.agent, call.tool, call.at, effect, args=call.args
+            )
             self.ledger.record(record)
             if call.verdict in (Verdict.ALLOW.value, Verdict.ESCALATE.value):
                 self.ledger.admit(record)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import enum
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -56,6 +56,8 @@ class CallRecord:
     event: str | None = None
     """For a booking that succeeded: the key of the event it made (its ``result.event_id``)."""
     result: dict[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = field(default_factory=dict)
+    """The arguments as given (shown to the operator beside an escalation)."""
 
     @property
     def live(self) -> bool:

@@ -314,6 +314,19 @@ class Control:
     def pending(self, tenant: str) -> list[Escalation]:
         return [e for (t, _), e in self.escalations.items() if t == tenant]
 
+    def describe(self, escalation: Escalation) -> dict[str, Any]:
+        """An escalation as the operator sees it: the call, the rule, and each call it
+        conflicts with (who, what, when, where it stands)."""
+        ledger = self.supervisor(escalation.tenant).ledger
+        others = []
+        for call_id in escalation.decision.conflicts_with:
+            record = ledger.calls.get(call_id)
+            if record is not None:
+                others.append({"call_id": call_id, "agent": record.agent, "tool": record.tool,
+                               "args": dict(record.args), "at": record.at.isoformat(),
+                               "status": record.status.value})  # fmt: skip
+        return {**escalation.to_json(), "conflicting_calls": others}
+
 
 def _settle_heap() -> None:
     """Move the ledger's long-lived objects out of the cyclic garbage collector's reach.
