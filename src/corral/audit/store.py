@@ -33,8 +33,8 @@ after :meth:`LogStore.append_batch` returned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from corral.audit import merkle
 from corral.audit.merkle import NodeId
-from corral.core.db import UtcDateTime, create_tables, open_engine
+from corral.core.db import UtcDateTime, connected, create_tables, open_engine
 from corral.core.errors import ConfigError, StoreError
 
 __all__ = ["LogStore", "StoreConflict", "StoreError", "StoredCheckpoint", "StoredEntry"]
@@ -191,6 +191,10 @@ _checkpoints = sa.Table(
 )
 
 
+def _failed(what: str, exc: Exception) -> StoreError:
+    return StoreError(f"audit store: {what} failed: {exc}")
+
+
 class LogStore:
     """All per-tenant logs in one database; safe to share between threads.
 
@@ -227,22 +231,12 @@ class LogStore:
 
     # ------------------------------------------------------------------------- plumbing
 
-    @contextmanager
-    def _read(self, what: str) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"audit store: {what} failed: {exc}") from exc
+    def _read(self, what: str) -> AbstractContextManager[Connection]:
+        return connected(self._engine, lambda exc: _failed(what, exc), begin=False)
 
-    @contextmanager
-    def _write(self, what: str) -> Iterator[Connection]:
+    def _write(self, what: str) -> AbstractContextManager[Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"audit store: {what} failed: {exc}") from exc
+        return connected(self._engine, lambda exc: _failed(what, exc), begin=True)
 
     def _insert_missing(self, table: sa.Table) -> Any:
         """``INSERT ... ON CONFLICT DO NOTHING``, the one statement the dialects spell apart."""

@@ -24,8 +24,7 @@ Tables (all prefixed ``broker_``):
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from corral.core.db import UtcDateTime, create_tables, open_engine
+from corral.core.db import UtcDateTime, connected, create_tables, open_engine
 from corral.core.errors import BrokerError, ConfigError
 
 
@@ -246,6 +245,11 @@ class IntentRow:
     updated_at: datetime
 
 
+def _failed(what: str, exc: Exception) -> BrokerStoreError:
+    # The error's type only: the driver's text can quote statement parameters (sealed blobs).
+    return BrokerStoreError(f"broker store: {what} failed: {type(exc).__name__}")
+
+
 class BrokerStore:
     """Every table of the broker, on SQLite or PostgreSQL; safe to share between threads."""
 
@@ -275,22 +279,12 @@ class BrokerStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    @contextmanager
-    def read(self, what: str) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise BrokerStoreError(f"broker store: {what} failed: {type(exc).__name__}") from exc
+    def read(self, what: str) -> AbstractContextManager[Connection]:
+        return connected(self._engine, lambda exc: _failed(what, exc), begin=False)
 
-    @contextmanager
-    def write(self, what: str) -> Iterator[Connection]:
+    def write(self, what: str) -> AbstractContextManager[Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        try:
-            with self._writer.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise BrokerStoreError(f"broker store: {what} failed: {type(exc).__name__}") from exc
+        return connected(self._writer, lambda exc: _failed(what, exc), begin=True)
 
     # --------------------------------------------------------------------- connections
 

@@ -352,7 +352,11 @@ class Broker:
         elif seen.state in (IntentState.SUCCEEDED, IntentState.FAILED):
             return self._replay(seen)
         else:
-            execution = await self._settle(tool, args, row, call, events)
+            # Started before and never finished (a crash or timeout), or ended unknown. Where the
+            # provider deduplicates on the key (or nothing changes), sending again is how the
+            # first outcome is learned; otherwise the provider is asked first.
+            reconcile = tool.idempotency == "intent_log"
+            execution = await self._run(tool, args, row, call, events, reconcile=reconcile)
         return execution
 
     def _replay(self, seen: IntentRow) -> Execution:
@@ -365,16 +369,6 @@ class Broker:
             error=stored.get("error"),
             replayed=True,
         )
-
-    async def _settle(
-        self, tool: Tool[Any], args: Any, row: ConnectionRow, call: Call, events: AuditEvents
-    ) -> Execution:
-        """A call started before (a crash or timeout left it open, or it ended ``unknown``)."""
-        if tool.idempotency in ("native", "read_only"):
-            # The provider deduplicates on the same key (or nothing changes): sending again is
-            # how the first outcome is learned.
-            return await self._run(tool, args, row, call, events, reconcile=False)
-        return await self._run(tool, args, row, call, events, reconcile=True)
 
     async def _run(
         self,

@@ -8,6 +8,8 @@ creating the tables (and the schema) idempotently.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,21 @@ def open_engine(
             engine = engine.execution_options(schema_translate_map={None: schema})
         return engine
     raise ConfigError(f"the {what} supports SQLite and PostgreSQL, not {url!r}")
+
+
+@contextmanager
+def connected(
+    engine: Engine, fail: Callable[[sa.exc.SQLAlchemyError], Exception], *, begin: bool
+) -> Iterator[Connection]:
+    """A connection (with ``begin``: one transaction, committed when the block ends, rolled back
+    if it raises); a database error comes out as the store's own error, ``fail(exc)``, with the
+    driver's error chained. Each store says in ``fail`` how much of the driver's text it
+    shows."""
+    try:
+        with engine.begin() if begin else engine.connect() as conn:
+            yield conn
+    except sa.exc.SQLAlchemyError as exc:
+        raise fail(exc) from exc
 
 
 def create_tables(conn: Connection, metadata: sa.MetaData) -> None:

@@ -52,7 +52,8 @@ from corral.audit.log import Sequencer
 from corral.core.clock import Clock
 from corral.core.ids import IdSource
 from corral.supervisor.classifier import CallStateError, Decision, TenantSupervisor, UnknownCall
-from corral.supervisor.ledger import Status
+from corral.supervisor.effects import CallEffect
+from corral.supervisor.ledger import CallRecord, Status
 from corral.supervisor.policy import TenantPolicy, load_policy
 from corral.supervisor.store import LedgerStore
 
@@ -341,7 +342,6 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-def _keep_until(record: Any) -> datetime | None:
+def _keep_until(record: CallRecord) -> datetime | None:
     """Bookings must outlive the 24 h windows until their interval ends."""
-    effect = getattr(record, "effect", None)
-    return getattr(effect, "end", None)
+    return record.effect.end if isinstance(record.effect, CallEffect) else None

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from corral.core.db import UtcDateTime, create_tables, open_engine
+from corral.core.db import UtcDateTime, connected, create_tables, open_engine
 from corral.core.errors import CorralError
 
 _metadata = sa.MetaData()
@@ -156,13 +156,11 @@ class LedgerStore:
         values = self._update_values(status, result)
         return self.submit(lambda conn: self._update(conn, tenant, call_id, values))
 
-    @contextmanager
-    def _write(self, what: str) -> Iterator[Connection]:
-        try:
-            with self._engine.execution_options(sqlite_immediate=True).begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise LedgerStoreError(f"supervisor ledger: {what} failed: {exc}") from exc
+    def _write(self, what: str) -> AbstractContextManager[Connection]:
+        def fail(exc: Exception) -> LedgerStoreError:
+            return LedgerStoreError(f"supervisor ledger: {what} failed: {exc}")
+
+        return connected(self._engine.execution_options(sqlite_immediate=True), fail, begin=True)
 
     def save(
         self,
