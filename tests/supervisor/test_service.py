@@ -116,6 +116,23 @@ def test_a_verdict_is_in_the_audit_chain_before_the_answer(world: World) -> None
     assert world.kinds()[-1] == "action.executed"
 
 
+def test_the_host_reports_sandbox_starts_and_stops_to_the_audit_chain(world: World) -> None:
+    body = {"tenant": TENANT, "agent": "booking", "sandbox": "sbx-9",
+            "kind": "sandbox.started", "backend": "bwrap", "isolation": "namespaces"}  # fmt: skip
+    started = asyncio.run(world.request("POST", "/sandbox-events", body))
+    assert started.status_code == 201 and started.json()["index"] == 0
+    stopped = {**body, "kind": "sandbox.stopped", "exit_code": -9, "reason": "memory limit"}
+    assert asyncio.run(world.request("POST", "/sandbox-events", stopped)).status_code == 201
+    assert world.kinds() == ["sandbox.started", "sandbox.stopped"]
+    store = world.chain.store
+    last = parse_entry(store.entries(TENANT, 1, 2)[0].leaf)
+    assert last.model_dump()["data"]["exit_code"] == -9
+    forged = {**body, "kind": "action.verdict"}
+    refused = asyncio.run(world.request("POST", "/sandbox-events", forged))
+    assert refused.status_code == 400 and "kind" in refused.json()["detail"]
+    assert len(world.kinds()) == 2  # a refused event records nothing
+
+
 def test_a_deferred_call_is_decided_again_when_what_it_waits_for_fails(world: World) -> None:
     world.call(
         "c1",

@@ -8,6 +8,9 @@
 - ``POST /calls/{tenant}/{call_id}/outcome``: ``{status, result?, error?}`` of an executed call;
 - ``GET /escalations?tenant=T``, ``POST /escalations/{tenant}/{call_id}/decision``:
   ``{decision: approve|deny, operator}``;
+- ``POST /sandbox-events``: ``corral host`` reports a sandbox started or stopped
+  (``{tenant, agent, sandbox, kind, backend, isolation?, exit_code?, reason?}``), appended to
+  the tenant's audit chain;
 - ``PUT /tenants/{tenant}/policy``: a tenant policy (``TOOLS.md``), refused with a message
   naming the field;
 - ``GET /healthz``, ``GET /metrics``.
@@ -59,6 +62,17 @@ class OutcomeBody(_Body):
     status: str = Field(pattern="^(succeeded|failed|unknown)$")
     result: dict[str, Any] | None = None
     error: str | None = Field(None, max_length=256)
+
+
+class SandboxEventBody(_Body):
+    tenant: str = Field(min_length=1, max_length=128)
+    agent: str = Field(min_length=1, max_length=128)
+    sandbox: str = Field(min_length=1, max_length=128)
+    kind: str = Field(pattern="^sandbox\\.(started|stopped)$")
+    backend: str = Field(min_length=1, max_length=64)
+    isolation: str | None = Field(None, pattern="^(namespaces|gvisor|vm)$")
+    exit_code: int | None = None
+    reason: str | None = Field(None, max_length=256)
 
 
 class DecisionBody(_Body):
@@ -165,6 +179,14 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> FastAPI:
     async def decide(tenant: str, call_id: str, body: DecisionBody) -> dict[str, Any]:
         await control.decide_escalation(tenant, call_id, body.decision, body.operator)
         return {"call_id": call_id, "decision": body.decision}
+
+    @app.post("/sandbox-events", status_code=201)
+    async def sandbox_event(body: SandboxEventBody) -> dict[str, Any]:
+        index = await control.sandbox_event(
+            body.tenant, body.agent, body.sandbox, body.kind, body.backend,
+            isolation=body.isolation, exit_code=body.exit_code, reason=body.reason,
+        )  # fmt: skip
+        return {"tenant": body.tenant, "sandbox": body.sandbox, "kind": body.kind, "index": index}
 
     @app.put("/tenants/{tenant}/policy")
     async def policy(tenant: str, document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008

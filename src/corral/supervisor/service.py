@@ -44,6 +44,9 @@ from corral.audit.entries import (
     OperatorDecision,
     OperatorDecisionData,
     PersonalPayload,
+    SandboxData,
+    SandboxStarted,
+    SandboxStopped,
     Verdict,
     seal,
     split_personal_args,
@@ -164,6 +167,26 @@ class Control:
         )  # fmt: skip
         return ActionVerdict(**self._base(tenant, Actor(kind="supervisor", id="supervisor")),
                              data=data)  # fmt: skip
+
+    async def sandbox_event(
+        self, tenant: str, agent: str, sandbox: str, kind: str, backend: str, *,
+        isolation: str | None = None, exit_code: int | None = None, reason: str | None = None,
+    ) -> int | None:  # fmt: skip
+        """Record a sandbox started or stopped by ``corral host``; the entry's index once
+        durable (``None`` without an audit chain)."""
+        data = SandboxData(sandbox_id=sandbox, agent=agent, backend=backend,
+                           isolation=isolation, exit_code=exit_code, reason=reason)  # fmt: skip
+        base = self._base(tenant, Actor(kind="host", id="host"))
+        entry: KnownEntry = (
+            SandboxStarted(**base, data=data)
+            if kind == "sandbox.started"
+            else SandboxStopped(**base, data=data)
+        )
+        if self.sequencer is None:
+            return None
+        (future,) = self.sequencer.submit_many(tenant, [(entry, None)])
+        index: int = await asyncio.wrap_future(future)
+        return index
 
     # ------------------------------------------------------------------ calls
 
