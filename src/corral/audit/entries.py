@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,6 +44,7 @@ from pydantic import (
 
 from corral.core.canonical import canonicalize, loads_strict
 from corral.core.clock import format_time
+from corral.core.entropy import urandom
 from corral.core.errors import AuditError, CanonicalizationError
 
 __all__ = [
@@ -447,7 +447,7 @@ def seal(
     personal: _Json | None,
     *,
     salt: bytes | None = None,
-    entropy: Callable[[int], bytes] = os.urandom,
+    entropy: Callable[[int], bytes] = urandom,
 ) -> tuple[_E, PersonalPayload | None]:
     """Attach the commitment of ``personal`` to ``entry``; return both (payload None if none)."""
     if not personal:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
 from corral.broker.app import create_app
 from corral.broker.assembly import open_broker
+from corral.core import serving
 from corral.core.serving import Listen, serve
 from corral.core.settings import Settings
 
@@ -28,4 +27,4 @@ async def serve_broker(
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve_broker(settings))
+    serving.run(serve_broker(settings))

@@ -11,13 +11,13 @@ gives readable, deterministic ids for tests and demos.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
 from corral.core.clock import Clock
+from corral.core.entropy import urandom
 
 __all__ = ["IdSource", "RandomIds", "SequentialIds", "check_id"]
 
@@ -52,7 +52,7 @@ def check_id(value: str, what: str = "id") -> str:
 class RandomIds:
     """Time-ordered random ids (ULID layout)."""
 
-    def __init__(self, clock: Clock, entropy: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, clock: Clock, entropy: Callable[[int], bytes] = urandom) -> None:
         self._clock = clock
         self._entropy = entropy
 

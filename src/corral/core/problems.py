@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 PROBLEM = "application/problem+json"
 
@@ -23,7 +24,7 @@ def problem(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
-def validation_detail(exc: RequestValidationError) -> str:
+def validation_detail(exc: RequestValidationError | ValidationError) -> str:
     """``<field path>: <message>`` for each error, without the rejected values."""
     where = []
     for error in exc.errors():

@@ -15,13 +15,14 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+import uvloop
 
 # Keep-alive longer than a busy client's idle pooled connections live: uvicorn's default of
 # 5 s closes connections a client may be about to reuse (a reset on its next call).
@@ -63,6 +64,12 @@ def _unix_listener(path: Path) -> socket.socket:
 def _config(app: Any, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", access_log=False,
                           timeout_keep_alive=KEEP_ALIVE_S, **extra)  # fmt: skip
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine on uvloop: about twice as fast per request as asyncio's
+    default loop for these services (its transports and callbacks are C, not Python)."""
+    uvloop.run(main)
 
 
 async def serve(app: Any, listen: Listen) -> None:

@@ -7,10 +7,10 @@ at run time with ``PUT /tenants/{tenant}/policy``.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from corral.audit.chain import open_chain
+from corral.core import serving
 from corral.core.clock import SystemClock
 from corral.core.ids import RandomIds
 from corral.core.serving import Listen, serve
@@ -56,4 +56,4 @@ async def serve_control(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve_control(settings))
+    serving.run(serve_control(settings))
