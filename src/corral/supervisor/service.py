@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -148,13 +149,17 @@ class Control:
     # ------------------------------------------------------------------ audit
 
     async def _append(
-        self, tenant: str, items: list[tuple[KnownEntry, PersonalPayload | None]]
+        self,
+        tenant: str,
+        items: list[tuple[KnownEntry, PersonalPayload | None]],
+        stored: Future[None] | None = None,
     ) -> None:
-        """Append to the tenant's audit chain and wait until durable."""
-        if self.sequencer is None or not items:
-            return
-        futures: list[Future[int]] = self.sequencer.submit_many(tenant, items)
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        """Append to the tenant's audit chain and wait until durable, together with the ledger
+        write ``stored`` if given (one wake-up of the event loop for all of them)."""
+        futures: list[Future[Any]] = [] if stored is None else [stored]
+        if self.sequencer is not None and items:
+            futures += self.sequencer.submit_many(tenant, items)
+        await _all_durable(futures)
 
     def _base(self, tenant: str, actor: Actor) -> dict[str, Any]:
         return {"id": self.ids.new("ent"), "tenant": tenant, "at": self.clock.now(), "actor": actor}
@@ -209,7 +214,7 @@ class Control:
         )
         items = [seal(requested, {"args": personal} if personal else None),
                  (self._verdict_entry(tenant, tool, decision), None)]  # fmt: skip
-        await asyncio.gather(asyncio.wrap_future(saved), self._append(tenant, items))
+        await self._append(tenant, items, saved)
         self._after(tenant, agent, tool, dict(args), decision)
         return decision
 
@@ -253,7 +258,7 @@ class Control:
         else:
             entry = ActionExecuted(**base, data=ActionExecutedData(
                 call_id=call_id, tool=tool, status=status, result=dict(result or {})))  # fmt: skip
-        await asyncio.gather(asyncio.wrap_future(updated), self._append(tenant, [(entry, None)]))
+        await self._append(tenant, [(entry, None)], updated)
         await self.reconsider(tenant, waiting_for=call_id)
 
     async def reconsider(self, tenant: str | None = None, *, waiting_for: str | None = None) -> int:
@@ -321,7 +326,7 @@ class Control:
             **self._base(tenant, Actor(kind="operator", id=operator)),
             data=OperatorDecisionData(call_id=call_id, escalation_id=call_id, decision=decision),
         )
-        await asyncio.gather(asyncio.wrap_future(updated), self._append(tenant, [(entry, None)]))
+        await self._append(tenant, [(entry, None)], updated)
         del self.escalations[(tenant, call_id)]
 
     def prune(self) -> int:
@@ -350,6 +355,38 @@ class Control:
                                "args": dict(record.args), "at": record.at.isoformat(),
                                "status": record.status.value})  # fmt: skip
         return {**escalation.to_json(), "conflicting_calls": others}
+
+
+def _all_durable(futures: list[Future[Any]]) -> asyncio.Future[None]:
+    """An asyncio future done when every one of the writer threads' ``futures`` is (failed with
+    the first error). ``asyncio.wrap_future`` per future would wake the event loop once each:
+    through the self-pipe, from a thread that holds the GIL the loop is waiting for."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    if not futures:
+        done.set_result(None)
+        return done
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def finished(future: Future[Any]) -> None:
+        error = future.exception()
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if error is not None or last:
+            loop.call_soon_threadsafe(settle, error)
+
+    for future in futures:
+        future.add_done_callback(finished)
+    return done
 
 
 def _settle_heap() -> None:
