@@ -3,6 +3,10 @@
 - ``POST /calls``: the host relays an agent's call with its identity
   (``{tenant, agent, sandbox, call_id, tool, args}``) → the verdict and its explanation,
   recorded in the ledger and the audit chain before the answer;
+- with a ``delegation`` in the body, an allowed call is executed through ``corral broker`` and
+  the answer carries its ``execution`` (status, result or error);
+- ``POST /delegations``: a sandbox's agent asks for a delegation (control approves the mint,
+  the broker mints; ``delegation.minted`` goes to the audit chain);
 - ``GET /calls/{tenant}/{call_id}?wait=S``: a call's latest verdict, waiting up to ``S``
   seconds while it is held (deferred);
 - ``POST /calls/{tenant}/{call_id}/outcome``: ``{status, result?, error?}`` of an executed call;
@@ -40,11 +44,12 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from corral.broker.client import BrokerRefused
 from corral.core.errors import CorralError, Pushback
 from corral.core.problems import problem, validation_detail
-from corral.supervisor.classifier import CallStateError, UnknownCall
+from corral.supervisor.classifier import CallStateError, Decision, UnknownCall
 from corral.supervisor.policy import PolicyError, load_policy
-from corral.supervisor.service import Control
+from corral.supervisor.service import Control, NoBroker
 
 
 class _Body(BaseModel):
@@ -58,6 +63,22 @@ class CallBody(_Body):
     call_id: str = Field(min_length=1, max_length=128)
     tool: str = Field(min_length=1, max_length=128)
     args: dict[str, Any]
+    delegation: str | None = Field(None, min_length=1, max_length=16384)
+    """The agent's delegation: with it, an allowed call is executed through the broker."""
+
+
+class DelegationBody(_Body):
+    tenant: str = Field(min_length=1, max_length=128)
+    agent: str = Field(min_length=1, max_length=128)
+    sandbox: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1, max_length=128)
+    tools: list[str] = Field(min_length=1, max_length=64)
+    ttl_s: float = Field(300, gt=0, le=300)
+    recipients: list[str] | None = None
+    calendars: list[str] | None = None
+    payment_intents: list[str] | None = None
+    max_amount: dict[str, Any] | None = None
+    max_uses: int | None = Field(None, ge=1)
 
 
 class OutcomeBody(_Body):
@@ -110,6 +131,9 @@ class _CallsFastPath:
             answer = await self._decide(CallBody.model_validate_json(body))
         except ValidationError as exc:
             await problem(400, "bad_request", validation_detail(exc))(scope, receive, send)
+            return
+        except CallStateError as exc:
+            await problem(409, "call_state", str(exc))(scope, receive, send)
             return
         except Pushback as exc:
             response = problem(503, "pushback", str(exc))
@@ -182,6 +206,14 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFa
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 
+    @app.exception_handler(BrokerRefused)
+    async def broker_refused(_request: Request, exc: BrokerRefused) -> JSONResponse:
+        return problem(exc.status if exc.status < 500 else 502, exc.code, exc.detail)
+
+    @app.exception_handler(NoBroker)
+    async def no_broker(_request: Request, exc: NoBroker) -> JSONResponse:
+        return problem(503, "no_broker", str(exc))
+
     @app.exception_handler(CorralError)
     async def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
         return problem(500, "internal", f"{type(exc).__name__}: {exc}")
@@ -199,17 +231,33 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFa
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def answer(tenant: str, decision: Decision) -> dict[str, Any]:
+        execution = control.executions.get((tenant, decision.call_id))
+        out = decision.to_json()
+        if execution is not None:
+            out["execution"] = execution.to_json()
+        return out
+
     async def decide_call(body: CallBody) -> bytes:
         started = time.perf_counter()
-        decision = await control.call(body.tenant, body.agent, body.call_id, body.tool, body.args)
+        decision = await control.call(body.tenant, body.agent, body.call_id, body.tool, body.args,
+                                      sandbox=body.sandbox, delegation=body.delegation)  # fmt: skip
         verdicts.labels(decision.verdict.value).inc()
         latency.observe(time.perf_counter() - started)
-        return orjson.dumps(decision.to_json())
+        return orjson.dumps(answer(body.tenant, decision))
 
     @app.get("/calls/{tenant}/{call_id}")
     async def call_state(tenant: str, call_id: str, wait: float = 0.0) -> dict[str, Any]:
         decision = await control.wait(tenant, call_id, min(max(wait, 0.0), 60.0))
-        return decision.to_json()
+        return answer(tenant, decision)
+
+    @app.post("/delegations", status_code=201)
+    async def delegations(body: DelegationBody) -> dict[str, Any]:
+        request = body.model_dump(
+            exclude={"tenant", "agent", "sandbox", "request_id"}, exclude_none=True
+        )
+        return await control.delegate(body.tenant, body.agent, body.sandbox, request,
+                                      body.request_id)  # fmt: skip
 
     @app.post("/calls/{tenant}/{call_id}/outcome")
     async def outcome(tenant: str, call_id: str, body: OutcomeBody) -> dict[str, Any]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from corral.audit.chain import open_chain
+from corral.broker.assembly import control_approval_signer
+from corral.broker.client import BrokerClient
 from corral.core import serving
 from corral.core.clock import SystemClock
 from corral.core.ids import RandomIds
 from corral.core.serving import Listen, serve
 from corral.core.settings import Settings
 from corral.supervisor.app import create_app
+from corral.supervisor.dispatch import Dispatcher
 from corral.supervisor.policy import TenantPolicy, load_policy
 from corral.supervisor.service import Control
 from corral.supervisor.store import LedgerStore
@@ -38,11 +41,14 @@ async def serve_control(settings: Settings) -> None:
     )
     store.create_schema()
     control_settings = settings.control
+    # Control's approval key: the broker runs nothing without control's signature over the call.
+    broker = BrokerClient(socket=settings.broker_socket())
+    dispatcher = Dispatcher(broker, control_approval_signer(settings), clock)
     with open_chain(settings, clock) as chain:
         control = Control(
             store, clock, RandomIds(clock), sequencer=chain.sequencer,
             policies=load_policies(settings.control_dir / "tenants"),
-            defer_timeout_s=control_settings.defer_timeout_s,
+            defer_timeout_s=control_settings.defer_timeout_s, dispatcher=dispatcher,
         )  # fmt: skip
         control.restore()
         listen = Listen(settings.control_socket(), control_settings.tcp_host,
@@ -52,6 +58,7 @@ async def serve_control(settings: Settings) -> None:
         try:
             await serve(app, listen)
         finally:
+            await broker.aclose()
             store.close()
 
 

@@ -53,9 +53,12 @@ from corral.audit.entries import (
     split_personal_args,
 )
 from corral.audit.log import Sequencer
+from corral.broker.events import to_entries
 from corral.core.clock import Clock
+from corral.core.errors import CorralError
 from corral.core.ids import IdSource
 from corral.supervisor.classifier import CallStateError, Decision, TenantSupervisor, UnknownCall
+from corral.supervisor.dispatch import Dispatcher, Execution
 from corral.supervisor.effects import CallEffect
 from corral.supervisor.ledger import CallRecord, Status
 from corral.supervisor.policy import TenantPolicy, load_policy
@@ -74,6 +77,24 @@ class Held:
     deferred_at: datetime
     decision: Decision
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class NoBroker(CorralError):
+    """Control was started without a broker: it decides, but cannot execute or delegate."""
+
+
+@dataclass
+class _Pending:
+    """A call whose verdict is not final yet (deferred or escalated): what is needed to run it
+    once it is allowed, and an event set when it is final (and, if it ran, executed)."""
+
+    agent: str
+    sandbox: str
+    tool: str
+    args: dict[str, Any]
+    delegation: str | None
+    final: asyncio.Event = field(default_factory=asyncio.Event)
+    running: bool = False
 
 
 @dataclass
@@ -103,8 +124,10 @@ class Control:
         sequencer: Sequencer | None = None,
         policies: Mapping[str, TenantPolicy] | None = None,
         defer_timeout_s: float = 300.0,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.store = store
+        self.dispatcher = dispatcher
         self.clock = clock
         self.ids = ids
         self.sequencer = sequencer
@@ -114,6 +137,9 @@ class Control:
         self.held: dict[tuple[str, str], Held] = {}
         self.escalations: dict[tuple[str, str], Escalation] = {}
         self.last: dict[tuple[str, str], Decision] = {}
+        self.pending_calls: dict[tuple[str, str], _Pending] = {}
+        self.executions: dict[tuple[str, str], Execution] = {}
+        self._running: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ tenants
 
@@ -197,10 +223,17 @@ class Control:
 
     async def call(
         self, tenant: str, agent: str, call_id: str, tool: str, args: Mapping[str, Any],
-        role: str | None = None,
+        role: str | None = None, *, sandbox: str = "-", delegation: str | None = None,
     ) -> Decision:  # fmt: skip
-        """Decide one call; durable in the ledger and the audit chain before returning."""
+        """Decide one call; durable in the ledger and the audit chain before returning.
+
+        With a ``delegation`` and a dispatcher, an allowed call is then executed through the
+        broker (its outcome recorded before returning: :attr:`executions`); a deferred or
+        escalated one is executed when it becomes allowed."""
         supervisor = self.supervisor(tenant)
+        earlier = supervisor.ledger.calls.get(call_id)
+        if earlier is not None:
+            return self._repeated(tenant, call_id, earlier, agent, tool, args)
         at = self.clock.now()
         decision = supervisor.decide(call_id, agent, tool, args, at)
         record = supervisor.ledger.calls[call_id]
@@ -215,8 +248,88 @@ class Control:
         items = [seal(requested, {"args": personal} if personal else None),
                  (self._verdict_entry(tenant, tool, decision), None)]  # fmt: skip
         await self._append(tenant, items, saved)
+        if decision.verdict in (Verdict.DEFER, Verdict.ESCALATE):
+            self.pending_calls[(tenant, call_id)] = _Pending(
+                agent, sandbox, tool, dict(args), delegation
+            )
         self._after(tenant, agent, tool, dict(args), decision)
+        if decision.verdict is Verdict.ALLOW and delegation is not None:
+            await self._execute(tenant, call_id, agent, sandbox, tool, dict(args), delegation)
         return decision
+
+    def _repeated(
+        self, tenant: str, call_id: str, earlier: CallRecord, agent: str, tool: str,
+        args: Mapping[str, Any],
+    ) -> Decision:  # fmt: skip
+        """A call id seen before: the same call retried (the host relays a guest's retry with
+        the same idempotency key, or retries after a lost answer) gets its decision again and
+        runs nothing twice; the id reused for a different call is refused."""
+        if (earlier.agent, earlier.tool, dict(earlier.args)) != (agent, tool, dict(args)):
+            raise CallStateError(
+                f"call id {call_id!r} was already used for a different call of tenant {tenant!r}"
+            )
+        known = self.last.get((tenant, call_id))
+        if known is not None:
+            return known
+        # Restored from the store after a restart: a live call was allowed; a held one is
+        # escalated (the queue was restored) or, conservatively, not to run.
+        if earlier.live or earlier.status is Status.FAILED:
+            return Decision(call_id, Verdict.ALLOW, [])
+        if (tenant, call_id) in self.escalations:
+            return Decision(call_id, Verdict.ESCALATE, [])
+        return Decision(call_id, Verdict.DENY, [], reason="held when control restarted")
+
+    async def _execute(
+        self, tenant: str, call_id: str, agent: str, sandbox: str, tool: str,
+        args: dict[str, Any], delegation: str,
+    ) -> None:  # fmt: skip
+        """Run an allowed call through the broker; record its outcome and the broker's events."""
+        if self.dispatcher is None:
+            return
+        execution = await self.dispatcher.execute(
+            tenant, agent, sandbox, call_id, tool, args, delegation
+        )
+        self.executions[(tenant, call_id)] = execution
+        if execution.events:
+            await self._append(tenant, to_entries(execution.events, tenant, self.ids))
+        error = (execution.error or {}).get("code") if execution.status == "failed" else None
+        await self.outcome(tenant, call_id, execution.status, execution.result, error)
+
+    async def delegate(
+        self, tenant: str, agent: str, sandbox: str, request: Mapping[str, Any], key: str
+    ) -> dict[str, Any]:
+        """Mint a delegation for a sandbox's agent through the broker; its ``delegation.minted``
+        event is in the audit chain before the token is returned."""
+        if self.dispatcher is None:
+            raise NoBroker("corral control has no broker configured: cannot mint delegations")
+        minted = await self.dispatcher.delegate(tenant, agent, sandbox, request, key)
+        await self._append(tenant, to_entries(minted.get("events") or [], tenant, self.ids))
+        return {k: minted[k] for k in ("delegation", "id", "expires_at", "scope") if k in minted}
+
+    def _finalize(self, tenant: str, call_id: str, decision: Decision) -> None:
+        """A pending call's verdict is final: run it if allowed (in the background: whoever
+        waits for it is woken once it ran), else wake its waiters now."""
+        key = (tenant, call_id)
+        pending = self.pending_calls.get(key)
+        if pending is None or pending.running:
+            return
+        if decision.verdict is not Verdict.ALLOW or pending.delegation is None:
+            del self.pending_calls[key]
+            pending.final.set()
+            return
+        pending.running = True
+
+        async def run(p: _Pending) -> None:
+            try:
+                await self._execute(tenant, call_id, p.agent, p.sandbox, p.tool, p.args,
+                                    p.delegation or "")  # fmt: skip
+            finally:
+                self.pending_calls.pop(key, None)
+                p.final.set()
+
+        task = asyncio.get_running_loop().create_task(run(pending))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _after(
         self, tenant: str, agent: str, tool: str, args: dict[str, Any], decision: Decision
@@ -240,6 +353,8 @@ class Control:
             self.escalations[key] = Escalation(
                 tenant, decision.call_id, agent, tool, args, decision
             )
+        elif decision.verdict is not Verdict.DEFER:
+            self._finalize(tenant, decision.call_id, decision)
 
     async def outcome(
         self, tenant: str, call_id: str, status: str, result: Mapping[str, Any] | None = None,
@@ -301,11 +416,12 @@ class Control:
         return count
 
     async def wait(self, tenant: str, call_id: str, timeout_s: float) -> Decision:
-        """The call's latest decision, waiting up to ``timeout_s`` while it is held."""
-        held = self.held.get((tenant, call_id))
-        if held is not None:
+        """The call's latest decision, waiting up to ``timeout_s`` while it is deferred or
+        escalated (and, once allowed, until it has been executed)."""
+        pending = self.pending_calls.get((tenant, call_id))
+        if pending is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.settled.wait(), timeout_s)
+                await asyncio.wait_for(pending.final.wait(), timeout_s)
         decision = self.last.get((tenant, call_id))
         if decision is None:
             raise UnknownCall(call_id)
@@ -328,6 +444,19 @@ class Control:
         )
         await self._append(tenant, [(entry, None)], updated)
         del self.escalations[(tenant, call_id)]
+        final = (
+            Decision(call_id, Verdict.ALLOW, [], reason=f"approved by {operator}")
+            if decision == "approve"
+            else Decision(
+                call_id,
+                Verdict.DENY,
+                escalation.decision.rules,
+                conflicts_with=escalation.decision.conflicts_with,
+                reason=f"denied by {operator}",
+            )
+        )
+        self.last[(tenant, call_id)] = final
+        self._finalize(tenant, call_id, final)
 
     def prune(self) -> int:
         """Forget, in memory and in the store, calls no rule can read any more."""
