@@ -17,11 +17,13 @@ b'\\x00\\x00\\x00-'
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the guest imports this module; asyncio costs it ~50 ms at start
+    import asyncio
 
 __all__ = [
     "FORBIDDEN",
@@ -68,7 +70,12 @@ class WireError(ValueError):
 
 def encode(message: dict[str, Any]) -> bytes:
     """One frame: header and compact UTF-8 JSON."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        body = json.dumps(
+            message, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        raise WireError(f"message is not encodable as UTF-8 JSON: {exc}") from None
     if len(body) > MAX_FRAME:
         raise WireError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(body)) + body
@@ -77,12 +84,16 @@ def encode(message: dict[str, Any]) -> bytes:
 def decode(body: bytes) -> dict[str, Any]:
     """The JSON object in a frame body; :class:`WireError` names what is wrong."""
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise WireError(f"frame is not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
         raise WireError(f"frame holds a JSON {type(value).__name__}, not an object")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _length(header: bytes) -> int:
@@ -94,6 +105,8 @@ def _length(header: bytes) -> int:
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """The next message, or ``None`` at a clean end of stream (between frames)."""
+    import asyncio
+
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
