@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: speed is measured by the benchmarks, never by a test, and a shared
+# 2-core machine can pause any example past hypothesis's default 200 ms.
+settings.register_profile("corral", deadline=None)
+settings.load_profile("corral")
 
 VECTORS = Path(__file__).parent / "vectors"
 

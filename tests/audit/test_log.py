@@ -14,7 +14,7 @@ import pytest
 from corral.audit import entries, merkle, note
 from corral.audit.log import Pushback, Sequencer
 from corral.audit.merkle import NodeId
-from corral.audit.store import LogStore, StoreConflict
+from corral.audit.store import Batch, LogStore, StoreConflict
 from corral.core.clock import Clock, ManualClock, SystemClock
 from corral.core.errors import AuditError, ConfigError, StoreError
 from tests.audit import _backends as b
@@ -99,6 +99,37 @@ class FailingStore(LogStore):
             self.failures -= 1
             raise StoreError("injected: the database went away")
         super().append_batch(tenant, origin, expected_size, leaves, nodes)
+
+
+class CountingStore(GatedStore):
+    """A gated store that counts transactions and can refuse one tenant's batches."""
+
+    def __init__(self, store: LogStore, refuse: str | None = None) -> None:
+        super().__init__(store)
+        self.gate.set()
+        self.transactions = 0
+        self.refuse = refuse
+
+    def append_batch(
+        self,
+        tenant: str,
+        origin: str,
+        expected_size: int,
+        leaves: Sequence[tuple[bytes, bytes | None]],
+        nodes: Sequence[tuple[NodeId, bytes]],
+    ) -> None:
+        self.transactions += 1
+        if tenant == self.refuse:
+            raise StoreError(f"injected: {tenant}'s batch refused")
+        super().append_batch(tenant, origin, expected_size, leaves, nodes)
+
+    def append_batches(self, batches: Sequence[Batch]) -> None:
+        self.entered.set()
+        assert self.gate.wait(10), "test never opened the gate"
+        self.transactions += 1
+        if any(batch[0] == self.refuse for batch in batches):
+            raise StoreError("injected: one tenant's batch refused")
+        super().append_batches(batches)
 
 
 # ------------------------------------------------------------------------------ appends
@@ -236,6 +267,48 @@ def test_a_failed_commit_fails_its_batch_and_the_log_recovers(store: LogStore) -
         assert sequencer.append(T, b.entry(2)[0]) == 1
     assert [e.leaf for e in store.entries(T, 0, 5)] == [b.entry(i)[0].leaf() for i in (0, 2)]
     _assert_tree_consistent(store)
+
+
+def test_many_tenants_share_one_transaction(store: LogStore) -> None:
+    """What 1,000 active tenants need: their appends queued together commit together."""
+    counting = CountingStore(store)
+    tenants = [f"clinic-{i:02d}" for i in range(40)]
+    with _sequencer(counting) as sequencer:
+        counting.gate.clear()
+        first = sequencer.submit_many(tenants[0], [b.entry(0, tenant=tenants[0])])
+        _eventually(lambda: counting.transactions == 1 or counting.entered.is_set(), "a commit")
+        queued = {t: sequencer.submit_many(t, [b.entry(n, tenant=t) for n in range(3)])
+                  for t in tenants}  # fmt: skip
+        counting.gate.set()
+        seqs = {t: [f.result(10) for f in futures] for t, futures in queued.items()}
+        assert first[0].result(10) == 0
+    assert seqs[tenants[0]] == [1, 2, 3]
+    assert all(seqs[t] == [0, 1, 2] for t in tenants[1:])
+    assert counting.transactions <= 3, f"{counting.transactions} transactions for 40 tenants"
+    for tenant in tenants:
+        _assert_tree_consistent(store, tenant)
+        checkpoint = store.latest_checkpoint(tenant)
+        assert checkpoint is not None and checkpoint.size == store.log_size(tenant)
+
+
+def test_one_tenants_failure_fails_only_its_own_appends(store: LogStore) -> None:
+    counting = CountingStore(store, refuse="clinic-bad")
+    good = [f"clinic-{i}" for i in range(5)]
+    with _sequencer(counting) as sequencer:
+        counting.gate.clear()
+        sequencer.submit(good[0], b.entry(0, tenant=good[0])[0])
+        _eventually(lambda: counting.entered.is_set(), "a commit waiting at the gate")
+        bad = sequencer.submit("clinic-bad", b.entry(0, tenant="clinic-bad")[0])
+        fine = [sequencer.submit(t, b.entry(1, tenant=t)[0]) for t in good]
+        counting.gate.set()
+        with pytest.raises(StoreError, match="clinic-bad"):
+            bad.result(10)
+        assert [f.result(10) for f in fine] == [1, 0, 0, 0, 0]
+        counting.refuse = None
+        assert sequencer.append("clinic-bad", b.entry(1, tenant="clinic-bad")[0]) == 0
+    assert store.log_size("clinic-bad") == 1
+    for tenant in good:
+        _assert_tree_consistent(store, tenant)
 
 
 def test_a_second_writer_fences_off_the_first(store: LogStore) -> None:

@@ -33,16 +33,19 @@ Design, in the order an append meets it:
   personal payload comes with it, and the payload must match it; otherwise
   :class:`~corral.audit.entries.EntryError` is raised in the caller's thread and nothing is
   queued. The leaf bytes and leaf hash are computed there too, off the writer's path.
-* **One writer thread per tenant**, started on the tenant's first append. Tenants are separate
-  logs, so a thread each keeps the hot path free of locks (the thread alone owns the log's
-  in-memory :class:`~corral.audit.merkle.CompactRange`), lets PostgreSQL commit tenants in
-  parallel, and keeps a tenant whose store fails or conflicts from delaying anyone else's
-  acknowledgements. An idle writer sleeps on a condition (no polling) unless a checkpoint is due;
-  a control replica serves hundreds of tenants, not millions, so a thread each is cheap.
-* **Group commit without added latency.** The writer takes whatever is queued (up to
-  ``max_batch``) as one :meth:`LogStore.append_batch` — one transaction, one fsync — and while it
-  commits, new appends queue up for the next batch. There is no timer to wait for a fuller batch:
-  at low load an append costs one commit, under load batches grow by themselves.
+* **One committer for every tenant.** Tenants are separate logs (each its own origin, tree
+  and checkpoints), but one committer thread writes them all: it takes whatever is queued, for
+  every tenant (up to ``max_batch`` appends each), and commits it as one transaction with
+  :meth:`LogStore.append_batches` — one fsync for all of them. A control replica serves many
+  tenants at once; with a writer (and a transaction, and an fsync) per tenant, 1,000 active
+  tenants made 1,000 small commits where one does. If that shared transaction fails (one
+  tenant's fence, say), each tenant's batch is retried alone, so one tenant's conflict or bad
+  state fails only its own appends. The committer alone owns each log's in-memory
+  :class:`~corral.audit.merkle.CompactRange`; it sleeps on a condition (no polling) unless a
+  checkpoint is due.
+* **Group commit without added latency.** There is no timer to wait for a fuller batch: while
+  a transaction commits, new appends queue up for the next one; at low load an append costs
+  one commit, under load batches grow by themselves.
 * **Fencing.** Each batch names the log size it extends. If another writer moved the log (a
   second process or replica), the store refuses the whole batch with
   :class:`~corral.audit.store.StoreConflict`, every future of that batch gets the error, and the
@@ -51,12 +54,13 @@ Design, in the order an append meets it:
 * **Backpressure.** More than ``max_pending`` appends queued for a tenant makes
   :meth:`Sequencer.submit` raise :class:`~corral.core.errors.Pushback` (HTTP: 503 with
   Retry-After) instead of growing memory without bound.
-* **Checkpoints.** After a commit, and when the writer wakes while idle, a checkpoint is signed
-  if the log grew and the last one this writer made is at least ``checkpoint_interval_s`` old by
-  ``clock.monotonic()``; the first growth after start is checkpointed at once. The writer sleeps
-  at most ``checkpoint_interval_s`` (real seconds) while a checkpoint is due, which is also how
-  often it looks at an injected clock. :meth:`Sequencer.checkpoint` does it on demand and
-  :meth:`Sequencer.close` writes a final one.
+* **Checkpoints.** After a commit, and when the committer wakes while idle, a checkpoint is
+  signed for each log that grew and whose last checkpoint from this sequencer is at least
+  ``checkpoint_interval_s`` old by ``clock.monotonic()``; the first growth after start is
+  checkpointed at once. The checkpoints due together are stored in one transaction. The
+  committer sleeps at most ``checkpoint_interval_s`` (real seconds) while a checkpoint is due,
+  which is also how often it looks at an injected clock. :meth:`Sequencer.checkpoint` does it
+  on demand and :meth:`Sequencer.close` writes a final one.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from types import TracebackType
 
 from corral.audit import merkle, note
 from corral.audit.entries import EntryError, KnownEntry, PersonalPayload
-from corral.audit.store import LogStore, StoredCheckpoint
+from corral.audit.store import Batch, LogStore, StoredCheckpoint
 from corral.core.clock import Clock
 from corral.core.errors import AuditError, ConfigError, Pushback
 from corral.core.ids import check_id
@@ -98,32 +102,61 @@ class _Config:
     max_pending: int
 
 
-class _Writer:
-    """The single writer of one tenant's log: its queue, its thread and its tree border."""
+class _Log:
+    """One tenant's log as the sequencer keeps it: its queue (under the sequencer's condition)
+    and its tree border and checkpoint bookkeeping (under the sequencer's state lock)."""
 
-    def __init__(self, config: _Config, tenant: str, origin: str, signer: note.Signer) -> None:
-        self._config = config
+    def __init__(self, tenant: str, origin: str, signer: note.Signer) -> None:
         self.tenant = tenant
         self.origin = origin
-        self._signer = signer
+        self.signer = signer
         self.commits = 0
-        # _cond guards the queue and the counters that flush() waits on.
+        self.queue: deque[_Append] = deque()
+        self.queued_total = 0
+        self.done_total = 0
+        self.tree: merkle.CompactRange | None = None
+        self.checkpointed = -1  # size of the newest checkpoint known; -1: none
+        self.checkpointed_at: float | None = None  # clock.monotonic() of ours; None: never
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One log's part of a commit: its batch, the tree after it, and what to store."""
+
+    log: _Log
+    batch: list[_Append]
+    tree: merkle.CompactRange | None = None
+    start: int = 0
+    nodes: list[tuple[merkle.NodeId, bytes]] | None = None
+    error: Exception | None = None
+
+    def stored(self) -> Batch:
+        leaves = [(item.leaf, item.payload) for item in self.batch]
+        return (self.log.tenant, self.log.origin, self.start, leaves, self.nodes or [])
+
+
+class _Committer:
+    """The one thread that writes every tenant's log (see the module docstring)."""
+
+    def __init__(self, config: _Config) -> None:
+        self._config = config
+        # _cond guards every log's queue and counters, and _ready and _closing.
         self._cond = threading.Condition()
-        self._queue: deque[_Append] = deque()
+        self._ready: dict[str, _Log] = {}  # logs with queued appends, in arrival order
+        self._logs: dict[str, _Log] = {}
         self._closing = False
-        self._queued_total = 0
-        self._done_total = 0
-        # _state guards the border and the checkpoint bookkeeping (also used by checkpoint()).
-        self._state = threading.Lock()
-        self._tree: merkle.CompactRange | None = None
-        self._checkpointed = -1  # size of the newest checkpoint known; -1: none
-        self._checkpointed_at: float | None = None  # clock.monotonic() of ours; None: never
-        self._thread = threading.Thread(target=self._run, name=f"audit-{tenant}", daemon=True)
+        # _state guards every log's border and checkpoint bookkeeping (also checkpoint_now()).
+        self._state = threading.RLock()
+        self._thread = threading.Thread(target=self._run, name="corral-audit-commit", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ caller threads
 
-    def enqueue(self, leaves: Sequence[tuple[bytes, bytes | None]]) -> list[Future[int]]:
+    def add(self, log: _Log) -> None:
+        with self._cond:
+            self._logs[log.tenant] = log
+
+    def enqueue(self, log: _Log, leaves: Sequence[tuple[bytes, bytes | None]]) -> list[Future[int]]:
         """Queue (leaf, payload) pairs together, so they get consecutive sequence numbers;
         all of them or, on :class:`Pushback` or a closed log, none."""
         items = [
@@ -131,179 +164,233 @@ class _Writer:
         ]
         with self._cond:
             if self._closing:
-                raise AuditError(f"the audit sequencer is closed (tenant {self.tenant!r})")
-            if len(self._queue) + len(items) > self._config.max_pending:
-                raise Pushback(self.tenant, len(self._queue))
-            self._queue.extend(items)
-            self._queued_total += len(items)
+                raise AuditError(f"the audit sequencer is closed (tenant {log.tenant!r})")
+            if len(log.queue) + len(items) > self._config.max_pending:
+                raise Pushback(log.tenant, len(log.queue))
+            log.queue.extend(items)
+            log.queued_total += len(items)
+            self._ready[log.tenant] = log
             self._cond.notify_all()
         return [item.future for item in items]
 
-    def flush(self) -> None:
-        """Wait until every append queued before this call has committed or failed."""
+    def flush(self, log: _Log) -> None:
+        """Wait until every append queued for ``log`` before this call is resolved."""
         with self._cond:
-            target = self._queued_total
-            self._cond.wait_for(lambda: self._done_total >= target)
+            target = log.queued_total
+            self._cond.wait_for(lambda: log.done_total >= target)
 
-    def checkpoint_now(self) -> StoredCheckpoint:
+    def checkpoint_now(self, log: _Log) -> StoredCheckpoint:
         """Sign a checkpoint of the current size, unless one exists for it already."""
         with self._state:
-            if self._tree is None:
-                self._tree = self._load()
-            if self._tree.size <= self._checkpointed:
-                latest = self._config.store.latest_checkpoint(self.tenant)
+            if log.tree is None:
+                log.tree = self._load(log)
+            if log.tree.size <= log.checkpointed:
+                latest = self._config.store.latest_checkpoint(log.tenant)
                 if latest is not None:
                     return latest
-            if self._tree.size == 0:  # create the (empty) log so that it has an origin
-                self._config.store.append_batch(self.tenant, self.origin, 0, [], [])
-            return self._sign(self._tree)
+            if log.tree.size == 0:  # create the (empty) log so that it has an origin
+                self._config.store.append_batch(log.tenant, log.origin, 0, [], [])
+            checkpoint = self._sign(log, log.tree)
+            self._config.store.add_checkpoint(
+                log.tenant, checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.at
+            )
+            self._signed(log, checkpoint)
+            return checkpoint
 
     def close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-
-    def join(self) -> None:
         self._thread.join()
 
-    # ------------------------------------------------------------------- writer thread
+    # ------------------------------------------------------------------ committer thread
 
     def _run(self) -> None:
         try:
             self._loop()
         except BaseException as exc:  # a bug: fail loudly rather than leave appends hanging
-            _logger.exception("audit log %s: writer stopped", self.origin)
+            _logger.exception("audit sequencer: committer stopped")
             with self._cond:
                 self._closing = True
-                stranded = list(self._queue)
-                self._queue.clear()
-                self._done_total += len(stranded)
+                stranded = [(log, list(log.queue)) for log in self._logs.values()]
+                for log, items in stranded:
+                    log.queue.clear()
+                    log.done_total += len(items)
+                self._ready.clear()
                 self._cond.notify_all()
-            for item in stranded:
-                if item.future.set_running_or_notify_cancel():
-                    item.future.set_exception(exc)
+            for _log, items in stranded:
+                for item in items:
+                    if item.future.set_running_or_notify_cancel():
+                        item.future.set_exception(exc)
             raise
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                if not self._queue and not self._closing:
+                if not self._ready and not self._closing:
                     self._cond.wait(self._idle_wait())
-                batch = self._take()
-                done = self._closing and not self._queue
-            if batch:
-                self._commit(batch)
-            self._maybe_checkpoint(final=done)
+                plans = self._take()
+                done = self._closing and not self._ready
+            if plans:
+                self._commit(plans)
+            self._checkpoint_due(final=done)
             if done:
                 return
 
-    def _take(self) -> list[_Append]:
-        """Pop up to ``max_batch`` appends, dropping those whose caller cancelled them."""
-        batch: list[_Append] = []
-        skipped = 0
-        while self._queue and len(batch) < self._config.max_batch:
-            item = self._queue.popleft()
-            if item.future.set_running_or_notify_cancel():
-                batch.append(item)
-            else:
-                skipped += 1
-        if skipped:
-            self._done_total += skipped
-            self._cond.notify_all()
-        return batch
+    def _take(self) -> list[_Plan]:
+        """Up to ``max_batch`` appends of every ready log, dropping cancelled ones."""
+        plans = []
+        for tenant, log in list(self._ready.items()):
+            batch: list[_Append] = []
+            skipped = 0
+            while log.queue and len(batch) < self._config.max_batch:
+                item = log.queue.popleft()
+                if item.future.set_running_or_notify_cancel():
+                    batch.append(item)
+                else:
+                    skipped += 1
+            if skipped:
+                log.done_total += skipped
+                self._cond.notify_all()
+            if not log.queue:
+                del self._ready[tenant]
+            if batch:
+                plans.append(_Plan(log, batch))
+        return plans
 
     def _idle_wait(self) -> float | None:
         """Seconds until a checkpoint is due; None (wait for an append) if none is needed."""
-        tree = self._tree
-        if tree is None or tree.size <= self._checkpointed:
+        waits = [self._due_in(log) for log in self._logs.values()]
+        due = [w for w in waits if w is not None]
+        return min(due) if due else None
+
+    def _due_in(self, log: _Log) -> float | None:
+        tree = log.tree
+        if tree is None or tree.size <= log.checkpointed:
             return None
-        if self._checkpointed_at is None:
+        if log.checkpointed_at is None:
             return 0.0
         interval = self._config.interval_s
-        remaining = interval - (self._config.clock.monotonic() - self._checkpointed_at)
+        remaining = interval - (self._config.clock.monotonic() - log.checkpointed_at)
         return min(max(remaining, 0.0), interval)
 
-    def _commit(self, batch: list[_Append]) -> None:
-        """One transaction for the whole batch; then, and only then, resolve its futures.
-
-        Futures are resolved outside ``_state``: their callbacks may call back into the log.
-        """
+    def _commit(self, plans: list[_Plan]) -> None:
+        """One transaction for every log's batch (each alone if that fails); then, and only
+        then, resolve the futures. Futures are resolved outside the locks: their callbacks may
+        call back into the sequencer."""
         store = self._config.store
-        error: Exception | None = None
         with self._state:
+            ready = [plan for plan in plans if self._prepare(plan)]
             try:
-                if self._tree is None:
-                    self._tree = self._load()
-                tree = self._tree.copy()
-                start = tree.size
-                nodes: list[tuple[merkle.NodeId, bytes]] = []
-                for item in batch:
-                    nodes.extend(tree.append(item.leaf_hash))
-                leaves = [(item.leaf, item.payload) for item in batch]
-                store.append_batch(self.tenant, self.origin, start, leaves, nodes)
+                if len(ready) == 1:
+                    store.append_batch(*ready[0].stored())
+                elif ready:
+                    store.append_batches([plan.stored() for plan in ready])
             except Exception as exc:
-                _logger.warning(
-                    "audit log %s: batch of %d failed: %s", self.origin, len(batch), exc
-                )
-                error = exc
-                self._reload()
-            else:
-                self._tree = tree
-                self.commits += 1
-        for i, item in enumerate(batch):
-            if error is None:
-                item.future.set_result(start + i)
-            else:
-                item.future.set_exception(error)
-        self._finish(len(batch))
-
-    def _finish(self, count: int) -> None:
+                if len(ready) == 1:
+                    ready[0].error = exc
+                else:  # find whose batch failed: each alone, in its own transaction
+                    for plan in ready:
+                        try:
+                            store.append_batch(*plan.stored())
+                        except Exception as alone:
+                            plan.error = alone
+            for plan in plans:
+                log = plan.log
+                if plan.error is None and plan.tree is not None:
+                    log.tree = plan.tree
+                    log.commits += 1
+                else:
+                    _logger.warning("audit log %s: batch of %d failed: %s", log.origin,
+                                    len(plan.batch), plan.error)  # fmt: skip
+                    self._reload(log)
+        for plan in plans:
+            for i, item in enumerate(plan.batch):
+                if plan.error is None:
+                    item.future.set_result(plan.start + i)
+                else:
+                    item.future.set_exception(plan.error)
         with self._cond:
-            self._done_total += count
+            for plan in plans:
+                plan.log.done_total += len(plan.batch)
             self._cond.notify_all()
 
-    def _load(self) -> merkle.CompactRange:
+    def _prepare(self, plan: _Plan) -> bool:
+        """The tree after ``plan``'s batch, and the nodes it adds; False (and the plan's error
+        set) if the log's border cannot be read."""
+        log = plan.log
+        try:
+            if log.tree is None:
+                log.tree = self._load(log)
+        except Exception as exc:
+            plan.error = exc
+            return False
+        tree = log.tree.copy()
+        plan.start = tree.size
+        nodes: list[tuple[merkle.NodeId, bytes]] = []
+        for item in plan.batch:
+            nodes.extend(tree.append(item.leaf_hash))
+        plan.tree, plan.nodes = tree, nodes
+        return True
+
+    def _load(self, log: _Log) -> merkle.CompactRange:
         """The border as the store has it: one read for the size, one for the nodes."""
         store = self._config.store
         tree = merkle.CompactRange.load(
-            store.log_size(self.tenant), lambda ids: store.nodes(self.tenant, ids)
+            store.log_size(log.tenant), lambda ids: store.nodes(log.tenant, ids)
         )
-        latest = store.latest_checkpoint(self.tenant)
-        self._checkpointed = latest.size if latest is not None else -1
+        latest = store.latest_checkpoint(log.tenant)
+        log.checkpointed = latest.size if latest is not None else -1
         return tree
 
-    def _reload(self) -> None:
+    def _reload(self, log: _Log) -> None:
         """After a failed commit the border may be stale (another writer): read it again."""
         try:
-            self._tree = self._load()
+            log.tree = self._load(log)
         except Exception as exc:  # the store is down: try again before the next batch
-            _logger.warning("audit log %s: reload failed: %s", self.origin, exc)
-            self._tree = None
+            _logger.warning("audit log %s: reload failed: %s", log.origin, exc)
+            log.tree = None
 
-    def _maybe_checkpoint(self, *, final: bool) -> None:
+    def _checkpoint_due(self, *, final: bool) -> None:
+        """Sign a checkpoint for every log that is due one; store them in one transaction."""
         with self._state:
-            tree = self._tree
-            if tree is None or tree.size <= self._checkpointed:
-                return
             now = self._config.clock.monotonic()
-            last = self._checkpointed_at
-            if not final and last is not None and now - last < self._config.interval_s:
+            signed: list[tuple[_Log, StoredCheckpoint]] = []
+            for log in list(self._logs.values()):
+                tree = log.tree
+                if tree is None or tree.size <= log.checkpointed:
+                    continue
+                last = log.checkpointed_at
+                if not final and last is not None and now - last < self._config.interval_s:
+                    continue
+                signed.append((log, self._sign(log, tree)))
+            if not signed:
                 return
+            store = self._config.store
             try:
-                self._sign(tree)
-            except Exception as exc:  # retried one interval later; appends go on meanwhile
-                _logger.warning("audit log %s: checkpoint failed: %s", self.origin, exc)
-                self._checkpointed_at = now
+                store.add_checkpoints([(log.tenant, c) for log, c in signed])
+                stored = signed
+            except Exception:
+                stored = []
+                for log, c in signed:  # each alone: one log's failure is its own
+                    try:
+                        store.add_checkpoint(log.tenant, c.size, c.root, c.note, c.at)
+                        stored.append((log, c))
+                    except Exception as exc:  # retried one interval later
+                        _logger.warning("audit log %s: checkpoint failed: %s", log.origin, exc)
+                        log.checkpointed_at = now
+            for log, c in stored:
+                self._signed(log, c)
 
-    def _sign(self, tree: merkle.CompactRange) -> StoredCheckpoint:
-        """Sign and store a checkpoint of ``tree`` (c2sp.org/tlog-checkpoint, no extensions)."""
+    def _sign(self, log: _Log, tree: merkle.CompactRange) -> StoredCheckpoint:
+        """A signed checkpoint of ``tree`` (c2sp.org/tlog-checkpoint, no extensions)."""
         size, root = tree.size, tree.root()
-        signed = note.sign(note.Checkpoint(self.origin, size, root).format(), [self._signer])
-        at = self._config.clock.now()
-        self._config.store.add_checkpoint(self.tenant, size, root, signed, at)
-        self._checkpointed = size
-        self._checkpointed_at = self._config.clock.monotonic()
-        return StoredCheckpoint(size, root, signed, at)
+        signed = note.sign(note.Checkpoint(log.origin, size, root).format(), [log.signer])
+        return StoredCheckpoint(size, root, signed, self._config.clock.now())
+
+    def _signed(self, log: _Log, checkpoint: StoredCheckpoint) -> None:
+        log.checkpointed = checkpoint.size
+        log.checkpointed_at = self._config.clock.monotonic()
 
 
 def _leaf(
@@ -359,7 +446,8 @@ class Sequencer:
         self._deployment = deployment
         self._signer_for = signer_for
         self._lock = threading.Lock()
-        self._writers: dict[str, _Writer] = {}
+        self._logs: dict[str, _Log] = {}
+        self._committer: _Committer | None = None
         self._closed = False
 
     def origin(self, tenant: str) -> str:
@@ -370,7 +458,7 @@ class Sequencer:
     def commits(self) -> int:
         """Batches committed so far, all tenants together (appends / commits = batch size)."""
         with self._lock:
-            return sum(w.commits for w in self._writers.values())
+            return sum(log.commits for log in self._logs.values())
 
     def submit(
         self, tenant: str, entry: KnownEntry, personal: PersonalPayload | None = None
@@ -395,7 +483,10 @@ class Sequencer:
         """
         _check_tenant(tenant)
         leaves = [_leaf(tenant, entry, personal) for entry, personal in items]
-        return self._writer(tenant).enqueue(leaves) if leaves else []
+        if not leaves:
+            return []
+        committer, log = self._log(tenant)
+        return committer.enqueue(log, leaves)
 
     def append(
         self, tenant: str, entry: KnownEntry, personal: PersonalPayload | None = None
@@ -406,27 +497,25 @@ class Sequencer:
     def flush(self, tenant: str) -> None:
         """Wait until every append submitted for ``tenant`` before this call is resolved."""
         with self._lock:
-            writer = self._writers.get(tenant)
-        if writer is not None:
-            writer.flush()
+            log, committer = self._logs.get(tenant), self._committer
+        if log is not None and committer is not None:
+            committer.flush(log)
 
     def checkpoint(self, tenant: str) -> StoredCheckpoint:
         """Flush, then sign and store a checkpoint of the log now (the latest one if the log
         did not grow since; a checkpoint of the empty log if it has no entries)."""
         _check_tenant(tenant)
-        writer = self._writer(tenant)
-        writer.flush()
-        return writer.checkpoint_now()
+        committer, log = self._log(tenant)
+        committer.flush(log)
+        return committer.checkpoint_now(log)
 
     def close(self) -> None:
         """Commit everything queued, write final checkpoints, stop the writers. Idempotent."""
         with self._lock:
             self._closed = True
-            writers = list(self._writers.values())
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            writer.join()
+            committer = self._committer
+        if committer is not None:
+            committer.close()
 
     def __enter__(self) -> Sequencer:
         return self
@@ -439,15 +528,18 @@ class Sequencer:
     ) -> None:
         self.close()
 
-    def _writer(self, tenant: str) -> _Writer:
+    def _log(self, tenant: str) -> tuple[_Committer, _Log]:
         with self._lock:
             if self._closed:
                 raise AuditError("the audit sequencer is closed")
-            writer = self._writers.get(tenant)
-            if writer is None:
+            if self._committer is None:
+                self._committer = _Committer(self._config)
+            log = self._logs.get(tenant)
+            if log is None:
                 origin = self.origin(tenant)
                 signer = self._signer_for(origin)
                 if signer.name != origin:
                     raise ConfigError(f"checkpoint key of {origin!r} is named {signer.name!r}")
-                writer = self._writers[tenant] = _Writer(self._config, tenant, origin, signer)
-            return writer
+                log = self._logs[tenant] = _Log(tenant, origin, signer)
+                self._committer.add(log)
+            return self._committer, log

@@ -91,6 +91,11 @@ class StoredCheckpoint:
     at: datetime
 
 
+Batch = tuple[str, str, int, Sequence[tuple[bytes, bytes | None]], Sequence[tuple[NodeId, bytes]]]
+"""One log's part of :meth:`LogStore.append_batches`: ``(tenant, origin, expected_size, leaves,
+nodes)``, the arguments of :meth:`LogStore.append_batch`."""
+
+
 _metadata = sa.MetaData()
 _Tenant = sa.String(256)
 
@@ -339,44 +344,62 @@ class LogStore:
         ``nodes``. Raises :class:`StoreConflict` and writes nothing if the log's size is not
         ``expected_size``; an empty ``leaves`` only creates the log and checks the size.
         """
-        new_size = expected_size + len(leaves)
         with self._write(f"append to the log of tenant {tenant!r}") as conn:
-            conn.execute(self._insert_missing(_logs).values(tenant=tenant, origin=origin, size=0))
-            moved = conn.execute(
-                sa.update(_logs)
-                .where(
-                    _logs.c.tenant == tenant,
-                    _logs.c.size == expected_size,
-                    _logs.c.origin == origin,
-                )
-                .values(size=new_size)
+            self._append(conn, tenant, origin, expected_size, leaves, nodes)
+
+    def append_batches(self, batches: Sequence[Batch]) -> None:
+        """:meth:`append_batch` for several tenants' logs in one transaction (one fsync):
+        all of them or, if any log's fence or write fails, none."""
+        with self._write(f"append to {len(batches)} logs") as conn:
+            for batch in batches:
+                self._append(conn, *batch)
+
+    def _append(
+        self,
+        conn: Connection,
+        tenant: str,
+        origin: str,
+        expected_size: int,
+        leaves: Sequence[tuple[bytes, bytes | None]],
+        nodes: Sequence[tuple[NodeId, bytes]],
+    ) -> None:
+        new_size = expected_size + len(leaves)
+        conn.execute(self._insert_missing(_logs).values(tenant=tenant, origin=origin, size=0))
+        moved = conn.execute(
+            sa.update(_logs)
+            .where(
+                _logs.c.tenant == tenant,
+                _logs.c.size == expected_size,
+                _logs.c.origin == origin,
             )
-            if moved.rowcount != 1:
-                row = conn.execute(sa.select(_logs).where(_logs.c.tenant == tenant)).one()
-                if row.origin != origin:
-                    raise StoreError(
-                        f"audit log of tenant {tenant!r} has origin {row.origin!r}, not {origin!r}"
-                    )
-                raise StoreConflict(tenant, expected_size, int(row.size))
-            sql = self._sql
-            if leaves:
-                conn.exec_driver_sql(
-                    sql.insert_entries,
-                    [
-                        (tenant, expected_size + i, leaf, payload is not None)
-                        for i, (leaf, payload) in enumerate(leaves)
-                    ],
+            .values(size=new_size)
+        )
+        if moved.rowcount != 1:
+            row = conn.execute(sa.select(_logs).where(_logs.c.tenant == tenant)).one()
+            if row.origin != origin:
+                raise StoreError(
+                    f"audit log of tenant {tenant!r} has origin {row.origin!r}, not {origin!r}"
                 )
-            payloads = [
-                (tenant, expected_size + i, payload)
-                for i, (_, payload) in enumerate(leaves)
-                if payload is not None
-            ]
-            if payloads:
-                conn.exec_driver_sql(sql.insert_personal, payloads)
-            if nodes:
-                rows = [(tenant, _node_key(n), h) for n, h in nodes]
-                conn.exec_driver_sql(sql.insert_nodes, rows)
+            raise StoreConflict(tenant, expected_size, int(row.size))
+        sql = self._sql
+        if leaves:
+            conn.exec_driver_sql(
+                sql.insert_entries,
+                [
+                    (tenant, expected_size + i, leaf, payload is not None)
+                    for i, (leaf, payload) in enumerate(leaves)
+                ],
+            )
+        payloads = [
+            (tenant, expected_size + i, payload)
+            for i, (_, payload) in enumerate(leaves)
+            if payload is not None
+        ]
+        if payloads:
+            conn.exec_driver_sql(sql.insert_personal, payloads)
+        if nodes:
+            rows = [(tenant, _node_key(n), h) for n, h in nodes]
+            conn.exec_driver_sql(sql.insert_nodes, rows)
 
     def add_checkpoint(
         self, tenant: str, size: int, root: bytes, note: bytes, at: datetime
@@ -386,17 +409,28 @@ class LogStore:
         Raises :class:`StoreError` if the log is shorter than ``size`` (or does not exist).
         """
         with self._write(f"add a checkpoint to the log of tenant {tenant!r}") as conn:
-            log_size = conn.scalar(sa.select(_logs.c.size).where(_logs.c.tenant == tenant))
-            if log_size is None or log_size < size:
-                raise StoreError(
-                    f"checkpoint of size {size} for tenant {tenant!r}, whose log has "
-                    f"{log_size or 0} leaves"
-                )
-            conn.execute(
-                self._insert_missing(_checkpoints).values(
-                    tenant=tenant, size=size, root=root, note=note, at=at
-                )
+            self._add_checkpoint(conn, tenant, size, root, note, at)
+
+    def add_checkpoints(self, checkpoints: Sequence[tuple[str, StoredCheckpoint]]) -> None:
+        """:meth:`add_checkpoint` for several tenants in one transaction (all or none)."""
+        with self._write(f"add {len(checkpoints)} checkpoints") as conn:
+            for tenant, c in checkpoints:
+                self._add_checkpoint(conn, tenant, c.size, c.root, c.note, c.at)
+
+    def _add_checkpoint(
+        self, conn: Connection, tenant: str, size: int, root: bytes, note: bytes, at: datetime
+    ) -> None:
+        log_size = conn.scalar(sa.select(_logs.c.size).where(_logs.c.tenant == tenant))
+        if log_size is None or log_size < size:
+            raise StoreError(
+                f"checkpoint of size {size} for tenant {tenant!r}, whose log has "
+                f"{log_size or 0} leaves"
             )
+        conn.execute(
+            self._insert_missing(_checkpoints).values(
+                tenant=tenant, size=size, root=root, note=note, at=at
+            )
+        )
 
     def erase_personal(self, tenant: str, seq: int) -> bool:
         """Delete entry ``seq``'s personal payload; False if there was none (left or ever).
