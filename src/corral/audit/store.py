@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from corral.audit import merkle
@@ -163,6 +162,24 @@ class _DriverSQL:
         self.insert_personal = self._insert(_personal)
         self.insert_nodes = self._insert(_nodes)
         self._select_nodes: dict[int, str] = {}
+        # Once per log per commit, and once per checkpoint (thousands a second with many
+        # tenants): built once here rather than compiled by Core on every call.
+        q, m = self._quote.quote, self._mark
+        logs = self._table(_logs)
+        self.create_log = (
+            f"INSERT INTO {logs} ({q('tenant')}, {q('origin')}, {q('size')}) "  # noqa: S608
+            f"VALUES ({m}, {m}, 0) ON CONFLICT DO NOTHING"
+        )
+        self.move_size = (
+            f"UPDATE {logs} SET {q('size')} = {m} WHERE {q('tenant')} = {m} "  # noqa: S608
+            f"AND {q('size')} = {m} AND {q('origin')} = {m}"
+        )
+        self.log_row = f"SELECT {q('origin')}, {q('size')} FROM {logs} WHERE {q('tenant')} = {m}"  # noqa: S608
+        self.add_checkpoint = self._insert(_checkpoints) + " ON CONFLICT DO NOTHING"
+        self._time = _checkpoints.c.at.type.bind_processor(engine.dialect)
+
+    def time(self, value: datetime) -> Any:
+        return self._time(value) if self._time is not None else value
 
     def _table(self, table: sa.Table) -> str:
         return self._prefix + self._quote.quote(table.name)
@@ -242,11 +259,6 @@ class LogStore:
     def _write(self, what: str) -> AbstractContextManager[Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         return connected(self._engine, lambda exc: _failed(what, exc), begin=True)
-
-    def _insert_missing(self, table: sa.Table) -> Any:
-        """``INSERT ... ON CONFLICT DO NOTHING``, the one statement the dialects spell apart."""
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing()
 
     # ---------------------------------------------------------------------------- reads
 
@@ -364,24 +376,16 @@ class LogStore:
         nodes: Sequence[tuple[NodeId, bytes]],
     ) -> None:
         new_size = expected_size + len(leaves)
-        conn.execute(self._insert_missing(_logs).values(tenant=tenant, origin=origin, size=0))
-        moved = conn.execute(
-            sa.update(_logs)
-            .where(
-                _logs.c.tenant == tenant,
-                _logs.c.size == expected_size,
-                _logs.c.origin == origin,
-            )
-            .values(size=new_size)
-        )
-        if moved.rowcount != 1:
-            row = conn.execute(sa.select(_logs).where(_logs.c.tenant == tenant)).one()
-            if row.origin != origin:
-                raise StoreError(
-                    f"audit log of tenant {tenant!r} has origin {row.origin!r}, not {origin!r}"
-                )
-            raise StoreConflict(tenant, expected_size, int(row.size))
         sql = self._sql
+        conn.exec_driver_sql(sql.create_log, (tenant, origin))
+        moved = conn.exec_driver_sql(sql.move_size, (new_size, tenant, expected_size, origin))
+        if moved.rowcount != 1:
+            found_origin, found_size = conn.exec_driver_sql(sql.log_row, (tenant,)).one()
+            if found_origin != origin:
+                raise StoreError(
+                    f"audit log of tenant {tenant!r} has origin {found_origin!r}, not {origin!r}"
+                )
+            raise StoreConflict(tenant, expected_size, int(found_size))
         if leaves:
             conn.exec_driver_sql(
                 sql.insert_entries,
@@ -420,17 +424,15 @@ class LogStore:
     def _add_checkpoint(
         self, conn: Connection, tenant: str, size: int, root: bytes, note: bytes, at: datetime
     ) -> None:
-        log_size = conn.scalar(sa.select(_logs.c.size).where(_logs.c.tenant == tenant))
+        sql = self._sql
+        row = conn.exec_driver_sql(sql.log_row, (tenant,)).first()
+        log_size = None if row is None else int(row[1])
         if log_size is None or log_size < size:
             raise StoreError(
                 f"checkpoint of size {size} for tenant {tenant!r}, whose log has "
                 f"{log_size or 0} leaves"
             )
-        conn.execute(
-            self._insert_missing(_checkpoints).values(
-                tenant=tenant, size=size, root=root, note=note, at=at
-            )
-        )
+        conn.exec_driver_sql(sql.add_checkpoint, (tenant, size, root, note, sql.time(at)))
 
     def erase_personal(self, tenant: str, seq: int) -> bool:
         """Delete entry ``seq``'s personal payload; False if there was none (left or ever).
