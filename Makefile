@@ -18,9 +18,10 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed
 
+# The clinic's day through the whole chain (docs/demo.md); `corral audit demo` and
+# `corral broker demo` still show one component each.
 demo: $(VENV)/.installed
-	$(VENV)/bin/corral audit demo --data-dir .corral/demo
-	$(VENV)/bin/corral broker demo --data-dir .corral/broker-demo
+	$(VENV)/bin/corral demo --data-dir .corral/demo-day
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -144,7 +144,7 @@ def through_socket(
         directory.mkdir(parents=True, exist_ok=True)
         for name, policy in policies.items():
             (directory / f"{name}.json").write_text(json.dumps(policy))
-        env = {**os.environ, "CORRAL_DATA_DIR": str(data)}
+        env = {**os.environ, "CORRAL_DATA_DIR": str(data), "CORRAL_DASHBOARD__ENABLED": "false"}
         socket = data / "control" / "control.sock"
         started = time.perf_counter()
         with (data / "control.log").open("w") as log:

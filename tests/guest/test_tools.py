@@ -174,6 +174,15 @@ def test_the_default_client_connects_lazily_from_the_environment(
         server.close()
 
 
+def test_the_sdk_knows_exactly_the_catalogs_providers() -> None:
+    from corral.connectors._registry import providers
+
+    assert set(tools.PROVIDERS) == set(providers())
+    assert not hasattr(tools, "pytest_plugins")  # module probes find nothing
+    with pytest.raises(AttributeError, match="providers: twilio"):
+        _ = tools.twillio
+
+
 def test_private_and_dunder_names_are_not_providers() -> None:
     assert not hasattr(tools, "__wrapped__")
     assert not hasattr(tools, "_private")

@@ -312,7 +312,7 @@ def test_corral_control_serve_answers_on_its_socket(tmp_path: Path) -> None:
     (tenants / f"{TENANT}.yaml").write_text(
         "timezone: America/Los_Angeles\nopted_out: ['+13105550100']\n"
     )
-    env = {**os.environ, "CORRAL_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "CORRAL_DATA_DIR": str(tmp_path), "CORRAL_DASHBOARD__ENABLED": "false"}
     child = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "control", "serve"], cwd=ROOT, env=env
     )

@@ -12,7 +12,16 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import _audit, _broker, _control, _fakes, _supervisor
+from corral.cli import (
+    _audit,
+    _broker,
+    _control,
+    _fakes,
+    _runtime,
+    _supervisor,
+    _templates,
+    _up,
+)
 from corral.cli._console import App
 
 __all__ = ["app", "main"]
@@ -29,6 +38,11 @@ app.add_typer(_broker.app, name="broker")
 app.add_typer(_fakes.app, name="fakes")
 app.add_typer(_supervisor.app, name="supervisor")
 app.add_typer(_control.app, name="control")
+app.add_typer(_runtime.runtime, name="runtime")
+app.add_typer(_runtime.sandbox, name="sandbox")
+app.add_typer(_runtime.host, name="host")
+app.add_typer(_templates.app, name="templates")
+_up.register(app)  # corral up, corral demo
 
 
 def _version(value: bool) -> None:

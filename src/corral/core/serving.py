@@ -3,7 +3,10 @@
 Every corral service (``corral broker``, ``corral control``) listens on a Unix socket created
 with mode 0600 inside its own 0700 directory: only the user corral runs as can reach it.
 uvicorn's own ``uds=`` would chmod the socket to 0666 after binding, so the socket is bound
-here and handed over. Between machines a service listens on TCP with TLS only.
+here and handed over. Between machines a service listens on TCP with TLS only. The one
+exception is :attr:`Listen.http_loopback`, plain HTTP on a loopback address only, for a browser
+on the same machine (``corral control``'s dashboard): browsers give ``http://127.0.0.1`` the
+secure-context APIs (WebCrypto) they give HTTPS, and no other machine can connect.
 
 One SIGTERM or SIGINT stops every listener, then the socket is removed and the process exits 0
 (uvicorn alone re-raises the signal after its shutdown, which would skip that cleanup).
@@ -12,6 +15,7 @@ One SIGTERM or SIGINT stops every listener, then the socket is removed and the p
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import socket
@@ -23,6 +27,8 @@ from typing import Any
 
 import uvicorn
 import uvloop
+
+from corral.core.errors import ConfigError
 
 # Keep-alive longer than a busy client's idle pooled connections live: uvicorn's default of
 # 5 s closes connections a client may be about to reuse (a reset on its next call).
@@ -38,6 +44,8 @@ class Listen:
     tcp_port: int = 8443
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    http_loopback: tuple[str, int] | None = None
+    """Also serve plain HTTP at this (loopback IP, port); any other address is refused."""
 
 
 class _Server(uvicorn.Server):
@@ -61,6 +69,27 @@ def _unix_listener(path: Path) -> socket.socket:
     return listener
 
 
+def _loopback_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to a loopback address, or :class:`ConfigError` saying why not (bound
+    here so a port in use is one clear error before anything is served)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"plain HTTP needs a loopback IP address, not {host!r}") from None
+    if not address.is_loopback:
+        raise ConfigError(f"plain HTTP is served on loopback addresses only, not {host}")
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1024)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    return listener
+
+
 def _config(app: Any, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", access_log=False,
                           timeout_keep_alive=KEEP_ALIVE_S, **extra)  # fmt: skip
@@ -72,8 +101,13 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def serve(app: Any, listen: Listen) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM; then stop and remove the socket."""
+async def serve(app: Any, listen: Listen, *, loopback_app: Any = None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM; then stop and remove the socket.
+
+    ``loopback_app`` is what :attr:`Listen.http_loopback` serves (default ``app``); it runs
+    without a lifespan there, so ``app``'s background tasks start once, on the socket's server.
+    """
+    loopback = None if listen.http_loopback is None else _loopback_listener(*listen.http_loopback)
     listener = _unix_listener(listen.socket)
     servers: list[uvicorn.Server] = [_Server(_config(app))]
     if listen.tcp_host is not None:
@@ -91,11 +125,18 @@ async def serve(app: Any, listen: Listen) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
     unix, *tcp = servers
+    runs = [unix.serve(sockets=[listener]), *(s.serve() for s in tcp)]
+    if loopback is not None:
+        plain = _Server(_config(loopback_app or app, lifespan="off"))
+        servers.append(plain)
+        runs.append(plain.serve(sockets=[loopback]))
     try:
-        await asyncio.gather(unix.serve(sockets=[listener]), *(s.serve() for s in tcp))
+        await asyncio.gather(*runs)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         listener.close()
+        if loopback is not None:
+            loopback.close()
         if listen.socket.exists():
             listen.socket.unlink()

@@ -1,9 +1,10 @@
 """The agent SDK: catalog tools as plain Python functions, relayed to the host over the channel.
 
->>> from corral.guest import tools                                    # doctest: +SKIP
->>> sent = tools.twilio.send_sms(to="+15550100001", body="See you at 10")  # doctest: +SKIP
->>> sent.verdict, sent.result                                         # doctest: +SKIP
-('allow', {'sid': 'SM...', 'status': 'queued'})
+Inside a sandbox (the channel is there; ``tests/guest`` runs this against a host)::
+
+    from corral.guest import tools
+    sent = tools.twilio.send_sms(to="+15550100001", body="See you at 10")
+    sent.verdict, sent.result      # ('allow', {'message_sid': 'SM...', 'status': 'queued'})
 
 ``tools.<provider>.<tool>(**args)`` is built on attribute access, not from the catalog: the
 guest never imports :mod:`corral.connectors` (pydantic, httpx), and the host, which validates
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "PROVIDERS",
     "CallResult",
     "ChannelError",
     "Delegation",
@@ -230,8 +232,16 @@ def _is_name(name: str) -> bool:
     return name.isidentifier() and not name.startswith("_") and name.islower()
 
 
+PROVIDERS = ("twilio", "stripe", "google_calendar", "calendly", "quickbooks", "ghl")
+"""The catalog's providers (kept equal to ``corral.connectors`` by a test; the guest does not
+import the connectors). Only these are namespaces, so a typo fails at once and tools that
+probe modules for attributes (pytest's ``pytest_plugins``, ``__wrapped__``) find nothing."""
+
+
 def __getattr__(name: str) -> Provider:
     """``tools.twilio`` and every other provider namespace (PEP 562)."""
-    if not _is_name(name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in PROVIDERS:
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r} (providers: {', '.join(PROVIDERS)})"
+        )
     return Provider(name)

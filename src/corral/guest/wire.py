@@ -10,7 +10,7 @@ newlines or HTTP, not a length prefix.
 
 >>> frame = encode({"jsonrpc": "2.0", "method": "ping", "id": 1})
 >>> frame[:4]
-b'\\x00\\x00\\x00-'
+b'\\x00\\x00\\x00('
 >>> decode(frame[4:])["method"]
 'ping'
 """

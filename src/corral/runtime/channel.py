@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -121,13 +122,21 @@ class Channel:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        # Bind under a umask so the socket is never, even briefly, reachable by others.
+        # Bound synchronously under a umask, so the socket is never, even briefly, reachable by
+        # others; the umask is process-wide, so nothing may await while it is narrowed (another
+        # sandbox's directories would be created under it).
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o777 & ~self._mode)
         try:
-            self._server = await asyncio.start_unix_server(self._connection, path=str(self.path))
+            listener.bind(str(self.path))
+        except OSError:
+            listener.close()
+            raise
         finally:
             os.umask(old)
         os.chmod(self.path, self._mode)
+        listener.listen(16)
+        self._server = await asyncio.start_unix_server(self._connection, sock=listener)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:

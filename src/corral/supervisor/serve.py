@@ -3,6 +3,11 @@ on a 0600 Unix socket (TCP with TLS optional), every decision in the audit chain
 
 Tenant policies are files ``<data dir>/control/tenants/<tenant>.json`` (or ``.yaml``), or set
 at run time with ``PUT /tenants/{tenant}/policy``.
+
+The operator dashboard (``dashboard.enabled``, on by default) is mounted at ``/dashboard`` of
+the same app, over real data (:mod:`corral.dashboard.wiring`), and served alone on
+``dashboard.listen``: plain HTTP on a loopback address, where every path outside
+``/dashboard`` is 404, so the operator API stays on the Unix socket (and TLS TCP).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from corral.core.clock import SystemClock
 from corral.core.ids import RandomIds
 from corral.core.serving import Listen, serve
 from corral.core.settings import Settings
+from corral.dashboard import mount
+from corral.dashboard.wiring import WiredDashboard, build_dashboard, dashboard_only
 from corral.supervisor.app import create_app
 from corral.supervisor.dispatch import Dispatcher
 from corral.supervisor.policy import TenantPolicy, load_policy
@@ -43,7 +50,8 @@ async def serve_control(settings: Settings) -> None:
     control_settings = settings.control
     # Control's approval key: the broker runs nothing without control's signature over the call.
     broker = BrokerClient(socket=settings.broker_socket())
-    dispatcher = Dispatcher(broker, control_approval_signer(settings), clock)
+    approver = control_approval_signer(settings)
+    dispatcher = Dispatcher(broker, approver, clock)
     with open_chain(settings, clock) as chain:
         control = Control(
             store, clock, RandomIds(clock), sequencer=chain.sequencer,
@@ -51,13 +59,22 @@ async def serve_control(settings: Settings) -> None:
             defer_timeout_s=control_settings.defer_timeout_s, dispatcher=dispatcher,
         )  # fmt: skip
         control.restore()
-        listen = Listen(settings.control_socket(), control_settings.tcp_host,
-                        control_settings.tcp_port, control_settings.tls_cert,
-                        control_settings.tls_key)  # fmt: skip
         app = create_app(control, reconsider_every_s=control_settings.reconsider_every_s)
+        dashboard: WiredDashboard | None = None
         try:
-            await serve(app, listen)
+            if settings.dashboard.enabled:
+                dashboard = build_dashboard(settings, control=control, chain=chain,
+                                            broker=broker, approver=approver,
+                                            clock=clock)  # fmt: skip
+                mount(app, dashboard.app)
+            browser = settings.dashboard.address() if dashboard is not None else None
+            listen = Listen(settings.control_socket(), control_settings.tcp_host,
+                            control_settings.tcp_port, control_settings.tls_cert,
+                            control_settings.tls_key, http_loopback=browser)  # fmt: skip
+            await serve(app, listen, loopback_app=dashboard_only(app) if dashboard else None)
         finally:
+            if dashboard is not None:
+                await dashboard.aclose()
             await broker.aclose()
             store.close()
 

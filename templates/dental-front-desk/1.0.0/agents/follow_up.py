@@ -1,0 +1,28 @@
+"""Follow-up (dental-front-desk 1.0.0): check in with a patient after a visit.
+
+The guest runner starts this script as ``__main__``. ``argv[1]``, when given, is the job as
+JSON ({"phone": "+15550101234", "day": "2026-03-04"}); without it, the demo job below.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from corral.guest import tools
+
+DEMO = {"phone": "+15550101234", "name": "Pat", "procedure": "root canal", "day": "2026-03-04"}
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(argv[1]) if len(argv) > 1 else DEMO
+    body = (
+        f"Hi {job['name']}, how are you feeling after your {job['procedure']} on "
+        f"{job['day']}? Call us at (555) 010-0000 if anything hurts."
+    )
+    tools.twilio.send_sms(to=job["phone"], body=body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
