@@ -16,24 +16,12 @@ Five pages, each for one signed-in owner and only their own tenant:
   version, and upgrade offers the owner opts in to.
 - **Audit** — checkpoints, anchors, the public keys, and the verifiable bundle to download.
 
-Wiring, in ``corral control`` (the lead's part)::
-
-    from corral.dashboard import DashboardSettings, Sources, create_dashboard, mount
-    from corral.dashboard.sources import (
-        BrokerConnections, ChainActivity, ChainAudit, ControlApprovals, InMemoryAgents)
-
-    sources = Sources(
-        activity=ChainActivity(chain, context_for=tenant_render_context),
-        approvals=ControlApprovals(control, context_for=tenant_render_context),
-        connections=BrokerConnections(broker_client, approve=sign_approval, ids=ids),
-        agents=InMemoryAgents(host_agents),
-        audit=ChainAudit(chain),
-    )
-    settings = DashboardSettings(database_url=f"sqlite:///{data_dir / 'dashboard.db'}")
-    mount(control_app, create_dashboard(sources, settings))   # at /dashboard
+``corral control serve`` wires it (:func:`corral.dashboard.wiring.build_dashboard`): the audit
+chain, the supervisor service, the broker's client and the host's admin API as the pages'
+sources, mounted at ``/dashboard`` and served alone on a loopback port for the browser.
 
 Owners are added with :meth:`corral.dashboard.auth.OwnerStore.create_owner` (argon2id hashes;
-a CLI command ``corral dashboard add-owner`` is the natural front end). Sessions are server-side
+``corral control add-owner`` is its front end). Sessions are server-side
 with opaque ``HttpOnly``, ``SameSite=Strict`` cookies (``Secure`` over TLS); every POST needs the
 session's CSRF token; failed sign-ins are rate-limited per tenant and address.
 
