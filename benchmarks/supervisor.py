@@ -16,12 +16,12 @@ Every timed pass starts from an identically filled fleet: the workload is determ
 and approvals of earlier calls are applied between decisions: untimed in a closed loop; in an
 open loop they take time from the schedule, as they would in the service.
 
-Garbage collection: each pass starts after a full ``gc.collect()`` and ``gc.freeze()``, as
-``corral control`` does after restoring its ledger and after each prune (the filled ledger is
-moved out of the collector's sight, so a full collection walks only what was allocated since).
-The table adds the pause of one full collection with the filled fleet unfrozen, and the longest
-pause seen inside corral's passes; in a long run at R calls/s, each full collection delays
-about pause × R calls.
+Garbage collection: each pass starts after a full ``gc.collect()``, and CPython runs the next
+full collection only once the tracked objects have grown by a quarter, so a pass of 20,000
+calls over a 100,000-call ledger may hold one full collection or none: its percentiles are
+mostly those *between* full collections. The table adds the pause of one full collection with
+the filled fleet, and the longest pause seen inside corral's passes; in a long run at R
+calls/s, each full collection delays about pause × R calls.
 
 The baseline, measured in the same run on the same calls: the stateless rules as Cedar
 policies through ``cedarpy`` (:mod:`benchmarks._cedar`), closed loop and open loop at the
@@ -101,11 +101,9 @@ class _Bars:
 
 def _fill(setup: Setup, measured: int, bars: _Bars, why: str) -> tuple[Fleet, list[Call]]:
     bars.start(f"{setup.name}: fill {setup.earlier:,} earlier calls ({why})", setup.earlier)
-    gc.unfreeze()  # the previous pass's fleet may go
     fleet, calls = _supervisor_load.prepare(setup.tenants, AGENTS, setup.earlier, measured,
                                             tick=bars.tick)  # fmt: skip
     gc.collect()
-    gc.freeze()  # as corral control does after restore (supervisor.service._settle_heap)
     return fleet, calls
 
 
@@ -142,11 +140,9 @@ def measure(setup: Setup, measured: int, bars: _Bars) -> None:
     """Every pass on one fleet, corral's and Cedar's interleaved."""
     setup.memory = memory(setup, bars)
     fleet, calls = _fill(setup, measured, bars, "for the closed loop")
-    gc.unfreeze()
     started = time.perf_counter()
     gc.collect()
     setup.memory["full_gc_ms"] = (time.perf_counter() - started) * 1e3
-    gc.freeze()
     setup.memory["gc_tracked_objects_in_process"] = len(gc.get_objects())
     name = setup.name
     ours = bars.timed(f"{name}: corral, closed loop", len(calls), closed_loop, calls,
