@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-import yaml
 from pydantic import BaseModel, ValidationInfo
 
 from corral.connectors import catalog
 from corral.core.money import minor_unit_digits
+from corral.core.strict_yaml import strict_loader
 
 # --- field checks: each raises ValueError with words for a person ---------------------------
 
@@ -158,53 +158,7 @@ def _role_defined(role: str, info: ValidationInfo) -> str:
 
 # --- reading YAML -----------------------------------------------------------------------------
 
-_Resolvers = dict[str | None, list[tuple[str, re.Pattern[str]]]]
-
-
-def _core_schema_resolvers() -> _Resolvers:
-    """SafeLoader's implicit resolvers, with YAML 1.2 core-schema booleans and numbers.
-
-    YAML 1.1 (PyYAML) reads ``21:00`` as the base-60 integer 1260, ``NO`` and ``on`` as
-    booleans and ``010`` as octal 8: in a policy these are quiet hours, a country and an id.
-    A number with a leading zero stays a string here (neither reading is safe to guess).
-    """
-    core = {
-        "bool": (r"true|True|TRUE|false|False|FALSE", "tTfF"),
-        "int": (r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
-        "float": (
-            r"[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)"
-            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
-            "-+0123456789.",
-        ),
-    }
-    replaced = {f"tag:yaml.org,2002:{name}" for name in core}
-    resolvers: _Resolvers = {
-        first: [(tag, rx) for tag, rx in entries if tag not in replaced]
-        for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    for name, (pattern, firsts) in core.items():
-        regex = re.compile(f"^(?:{pattern})$")
-        for first in firsts:
-            resolvers.setdefault(first, []).append((f"tag:yaml.org,2002:{name}", regex))
-    return resolvers
-
-
-class _PolicyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` with duplicate keys refused and YAML 1.2 core-schema scalars."""
-
-    yaml_implicit_resolvers = _core_schema_resolvers()
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep)
+_PolicyLoader = strict_loader()
 
 
 # --- pydantic errors in words -----------------------------------------------------------------

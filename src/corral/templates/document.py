@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -45,6 +45,7 @@ from corral.connectors import catalog
 from corral.core.canonical import canonicalize
 from corral.core.clock import format_time, parse_time
 from corral.core.errors import CanonicalizationError
+from corral.core.strict_yaml import strict_loader
 from corral.supervisor.policy import PolicyError, TenantPolicy, load_policy
 from corral.templates.version import TemplateError, Version
 
@@ -351,47 +352,7 @@ def _problems(exc: ValidationError) -> list[str]:
 
 # --- reading files -----------------------------------------------------------------------------
 
-_Resolvers = dict[str | None, list[tuple[str, re.Pattern[str]]]]
-
-
-def _resolvers() -> _Resolvers:
-    """SafeLoader's implicit resolvers with YAML 1.2 core-schema booleans and numbers, and no
-    timestamps (``on``, ``NO``, ``21:00``, ``010`` and ``2026-10-01`` all stay strings)."""
-    core = {
-        "bool": (r"true|True|TRUE|false|False|FALSE", "tTfF"),
-        "int": (r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
-        "float": (
-            r"[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)"
-            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
-            "-+0123456789.",
-        ),
-    }
-    dropped = {f"tag:yaml.org,2002:{name}" for name in (*core, "timestamp")}
-    resolvers: _Resolvers = {
-        first: [(tag, rx) for tag, rx in entries if tag not in dropped]
-        for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    for name, (pattern, firsts) in core.items():
-        regex = re.compile(f"^(?:{pattern})$")
-        for first in firsts:
-            resolvers.setdefault(first, []).append((f"tag:yaml.org,2002:{name}", regex))
-    return resolvers
-
-
-class _Loader(yaml.SafeLoader):
-    yaml_implicit_resolvers = _resolvers()
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep)
+_Loader = strict_loader(timestamps=False)
 
 
 def parse_document(data: Any, *, source: str | None = None) -> TemplateDocument:
