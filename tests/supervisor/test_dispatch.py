@@ -226,3 +226,16 @@ def test_a_retried_call_id_gets_its_decision_again_and_runs_once(stack: Stack) -
         "tenant": TENANT, "agent": "agent-1", "sandbox": "sbx-1", "call_id": "c1",
         "tool": "twilio.send_sms", "args": {"to": PATIENT, "body": "Another text"}})  # fmt: skip
     assert reused.status_code == 409 and "different call" in reused.json()["detail"]
+
+
+def test_pruning_forgets_what_control_remembered_of_a_call(stack: Stack) -> None:
+    token = stack.delegation(["twilio.send_sms"])
+    stack.call("c1", "twilio.send_sms", {"to": PATIENT, "body": "See you at 10"}, token)
+    assert (TENANT, "c1") in stack.control.executions and (TENANT, "c1") in stack.control.last
+    stack.clock.advance(timedelta(hours=1))
+    stack.control.prune()  # still within every rule's window: kept
+    assert (TENANT, "c1") in stack.control.executions
+    stack.clock.advance(timedelta(days=3))
+    assert stack.control.prune() >= 1
+    assert (TENANT, "c1") not in stack.control.executions
+    assert (TENANT, "c1") not in stack.control.last

@@ -76,7 +76,6 @@ class Held:
     args: dict[str, Any]
     deferred_at: datetime
     decision: Decision
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NoBroker(CorralError):
@@ -345,10 +344,7 @@ class Control:
                     tenant, decision.call_id, agent, tool, args, self.clock.now(), decision
                 )
         else:
-            held = self.held.pop(key, None)
-            if held is not None:
-                held.decision = decision
-                held.settled.set()
+            self.held.pop(key, None)
         if decision.verdict is Verdict.ESCALATE:
             self.escalations[key] = Escalation(
                 tenant, decision.call_id, agent, tool, args, decision
@@ -466,6 +462,10 @@ class Control:
             forgotten += supervisor.prune(now)
             window = timedelta(seconds=supervisor.policy.messages.dedupe_window_s)
             self.store.prune(tenant, now - max(timedelta(hours=24), window) - timedelta(hours=24))
+        # What control remembers per call goes with the call (else it grows without bound).
+        for remembered in (self.last, self.executions):
+            for key in [k for k in remembered if k[1] not in self.supervisor(k[0]).ledger.calls]:
+                del remembered[key]
         _settle_heap()
         return forgotten
 
