@@ -33,6 +33,9 @@ from benchmarks._common import percentile
 from benchmarks._supervisor_load import Call, Fleet, Workload
 from corral.supervisor.store import LedgerStore, calls
 
+HISTORY_DAYS = 1.5
+"""Within control's two-day memory, so every earlier call is in the ledger when measured."""
+
 
 @dataclass
 class SocketRun:
@@ -61,8 +64,12 @@ def fill_store(
     url: str, tenants: int, earlier: int, measured: int
 ) -> tuple[dict[str, dict[str, Any]], list[Call]]:
     """Decide ``earlier`` calls in-process and write them, with their final statuses, to the
-    store in one transaction; return each tenant's policy and the calls to measure."""
-    workload = Workload(tenants, 10, earlier)
+    store in one transaction; return each tenant's policy and the calls to measure.
+
+    The earlier calls end now and cover the last ``HISTORY_DAYS``: control decides on the real
+    clock and forgets what no rule can read (calls over two days old), so a history dated
+    elsewhere would be forgotten at the restore and the ledger would be measured empty."""
+    workload = Workload(tenants, 10, earlier, end=time.time(), days=HISTORY_DAYS)
     fleet = Fleet(workload)
     decided: list[tuple[Call, str]] = []
     for call in workload.calls(earlier):

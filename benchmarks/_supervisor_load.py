@@ -67,13 +67,17 @@ class Call:
 
 
 class Workload:
-    """``tenants`` tenants of ``agents`` agents; ``earlier`` calls in all cover ``DAYS``."""
+    """``tenants`` tenants of ``agents`` agents; ``earlier`` calls in all cover ``days`` days
+    up to ``end`` (a POSIX time)."""
 
-    def __init__(self, tenants: int, agents: int, earlier: int, seed: int = 2026) -> None:
+    def __init__(
+        self, tenants: int, agents: int, earlier: int, seed: int = 2026, *,
+        end: float = END, days: float = DAYS,
+    ) -> None:  # fmt: skip
         self.rng = random.Random(seed)
         self.agents = agents
         per_tenant = max(earlier / tenants, 1)
-        self.tenants = [Tenant(f"t{i:04d}", self.rng, per_tenant, DAYS, END - DAYS * 86_400)
+        self.tenants = [Tenant(f"t{i:04d}", self.rng, per_tenant, days, end - days * 86_400)
                         for i in range(tenants)]  # fmt: skip
         self.by_name = {t.name: t for t in self.tenants}
 

@@ -9,6 +9,7 @@ escalated one runs when it is allowed; a denied one never runs; what the broker 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -239,3 +240,22 @@ def test_pruning_forgets_what_control_remembered_of_a_call(stack: Stack) -> None
     assert stack.control.prune() >= 1
     assert (TENANT, "c1") not in stack.control.executions
     assert (TENANT, "c1") not in stack.control.last
+    deadline = time.monotonic() + 10  # the store forgets it too, on its writer thread
+    while stack.control.store.load(TENANT) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stack.control.store.load(TENANT) == []
+
+
+def test_each_decision_forgets_a_few_of_the_oldest_calls(stack: Stack) -> None:
+    """No periodic walk of the whole ledger: deciding a call forgets old ones as it goes."""
+    token = stack.delegation(["twilio.send_sms"])
+    for n in range(3):
+        stack.call(f"old-{n}", "twilio.send_sms", {"to": PATIENT, "body": f"Text {n}"}, token)
+    stack.clock.advance(timedelta(days=3))
+    token = stack.delegation(["twilio.send_sms"])
+    stack.call("new-1", "twilio.send_sms", {"to": PATIENT, "body": "Later"}, token)
+    ledger = stack.control.supervisor(TENANT).ledger
+    assert list(ledger.calls) == ["old-2", "new-1"]  # two forgotten per decision
+    assert (TENANT, "old-0") not in stack.control.last
+    assert (TENANT, "old-1") not in stack.control.executions
+    assert (TENANT, "old-2") in stack.control.last

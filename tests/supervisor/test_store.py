@@ -46,3 +46,22 @@ def test_prune_keeps_unknown_outcomes_and_future_bookings(ledger: LedgerStore) -
                 "succeeded", keep_until=T0 + timedelta(days=30))  # fmt: skip
     assert ledger.prune("t1", T0 + timedelta(days=3)) == 1
     assert [c.call_id for c in ledger.load("t1")] == ["unknown", "booking"]
+
+
+def test_prune_later_forgets_the_same_rows_behind_the_writes_queued_before_it(
+    ledger: LedgerStore,
+) -> None:
+    """The service prunes through the writer thread: the rows saved just before are pruned
+    too (ordered), the same rule as ``prune`` applies, and the other tenant is untouched."""
+    ledger.save_later("t1", "old", "a", "twilio.send_sms", {}, T0, "allow", "succeeded")
+    ledger.save_later("t1", "unknown", "a", "twilio.send_sms", {}, T0, "allow", "unknown")
+    ledger.save_later("t1", "booking", "a", "google_calendar.insert_event", {}, T0, "allow",
+                      "succeeded", keep_until=T0 + timedelta(days=30))  # fmt: skip
+    ledger.save_later("t1", "recent", "a", "twilio.send_sms", {}, T0 + timedelta(days=4),
+                      "allow", "succeeded")  # fmt: skip
+    ledger.save_later("t2", "old", "a", "twilio.send_sms", {}, T0, "allow", "succeeded")
+    ledger.prune_later("t1", T0 + timedelta(days=3)).result(timeout=10)
+    assert [c.call_id for c in ledger.load("t1")] == ["unknown", "booking", "recent"]
+    assert [c.call_id for c in ledger.load("t2")] == ["old"]
+    with pytest.raises(ValueError, match="naive"):
+        ledger.prune_later("t1", datetime(2026, 3, 3))

@@ -49,7 +49,7 @@ from corral.core.errors import CorralError, Pushback
 from corral.core.problems import problem, validation_detail
 from corral.supervisor.classifier import CallStateError, Decision, UnknownCall
 from corral.supervisor.policy import PolicyError, load_policy
-from corral.supervisor.service import Control, NoBroker
+from corral.supervisor.service import Control, NoBroker, settle_heap
 
 
 class _Body(BaseModel):
@@ -150,6 +150,11 @@ class _CallsFastPath:
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
+PRUNE_EVERY_S = 60.0
+PRUNE_IDLE_LIMIT = 50
+"""Oldest calls looked at per tenant per prune round (bounds the round's stall)."""
+FREEZE_EVERY_S = 5.0
+
 
 def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFastPath:
     """The control API over a built :class:`Control` (nothing runs at import). A background
@@ -168,13 +173,18 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFa
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async def tick() -> None:
-            last_prune = time.monotonic()
+            last_prune = last_freeze = time.monotonic()
             while True:
                 await asyncio.sleep(reconsider_every_s)
                 await control.reconsider()
-                if time.monotonic() - last_prune > 60:
-                    control.prune()
-                    last_prune = time.monotonic()
+                now = time.monotonic()
+                if now - last_prune > PRUNE_EVERY_S:
+                    # Each decision forgets a few calls; this catches the idle tenants up.
+                    control.prune(limit=PRUNE_IDLE_LIMIT)
+                    last_prune = now
+                if now - last_freeze > FREEZE_EVERY_S:
+                    settle_heap()
+                    last_freeze = now
 
         task = asyncio.create_task(tick())
         try:

@@ -190,13 +190,14 @@ class TenantSupervisor:
             else:
                 record.status = status
 
-    def prune(self, now: datetime) -> int:
+    def prune(self, now: datetime, *, limit: int | None = None) -> int:
         """Forget what no rule can read any more: calls older than the longest window (24 h,
         or the policy's ``dedupe_window_s`` if longer, plus a day for local days), bookings
         whose interval ended over a day ago. Keeps each check's cost bounded by the recent
-        history, not the whole of it."""
+        history, not the whole of it. With ``limit``, looks at that many of the oldest calls
+        at most (see :meth:`Ledger.prune`)."""
         window = max(DAY, timedelta(seconds=self.policy.messages.dedupe_window_s)) + DAY
-        return self.ledger.prune(now - window, now - DAY)
+        return self.ledger.prune(now - window, now - DAY, limit=limit)
 
     def outcome(self, call_id: str, status: str, result: Mapping[str, Any] | None = None) -> None:
         """An executed call's outcome: ``succeeded``, ``failed`` or ``unknown`` (a later

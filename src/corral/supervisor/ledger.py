@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -84,11 +85,16 @@ class IntervalIndex:
         self._records.insert(i, record)
         self._longest = max(self._longest, effect.end - effect.start)
 
-    def keep(self, wanted: Callable[[CallRecord], bool]) -> None:
-        """Drop the intervals ``wanted`` refuses (pruning; order is kept)."""
-        kept = [(s, r) for s, r in zip(self._starts, self._records, strict=True) if wanted(r)]
-        self._starts = [s for s, _ in kept]
-        self._records = [r for _, r in kept]
+    def remove(self, record: CallRecord) -> None:
+        """Forget one interval (by identity). ``longest`` is kept: a bound, not an exact one."""
+        effect = record.effect
+        assert isinstance(effect, CallEffect) and effect.start
+        i = bisect.bisect_left(self._starts, effect.start)
+        while i < len(self._records) and self._starts[i] == effect.start:
+            if self._records[i] is record:
+                del self._starts[i], self._records[i]
+                return
+            i += 1
 
     def __len__(self) -> int:
         return len(self._records)
@@ -119,6 +125,8 @@ class Ledger:
         self.invoices: defaultdict[tuple[str, Decimal], list[CallRecord]] = defaultdict(list)
         self.invoices_by_customer: defaultdict[str, list[CallRecord]] = defaultdict(list)
         self.identical: defaultdict[tuple[str, str, str], list[CallRecord]] = defaultdict(list)
+        self.on_forget: Callable[[CallRecord], None] | None = None
+        """Told of each call :meth:`prune` forgets (a service drops what it keeps per call)."""
 
     def record(self, record: CallRecord) -> None:
         """Keep a call the supervisor has decided on (whatever the verdict)."""
@@ -160,41 +168,95 @@ class Ledger:
         elif effect.kind is EffectKind.CANCELLATION and effect.target is not None:
             self.released.add(effect.target)
 
-    def prune(self, before: datetime, bookings_before: datetime) -> int:
+    def prune(
+        self, before: datetime, bookings_before: datetime, *, limit: int | None = None
+    ) -> int:
         """Forget calls made before ``before`` that no rule can read any more: everything but
         bookings whose interval ends after ``bookings_before``, cancellations of bookings still
         kept, and calls whose outcome is ``unknown`` (``unknown_outcome`` has no window).
-        Returns how many calls were forgotten. O(n): run it now and then, not per call."""
+        Returns how many calls were forgotten.
 
-        def wanted(record: CallRecord) -> bool:
-            if record.at >= before or record.status is Status.UNKNOWN:
-                return True
-            effect = record.effect
-            if isinstance(effect, CallEffect) and effect.kind is EffectKind.BOOKING:
-                return effect.end is not None and effect.end > bookings_before
-            return isinstance(effect, CallEffect) and effect.kind is EffectKind.CANCELLATION
+        Incremental: calls are visited oldest first (``calls`` keeps decision order) and the
+        walk stops at the first call made at or after ``before``, or after ``limit`` calls, so
+        a service can prune a few calls per decision instead of stalling on the whole ledger.
+        A call that must be kept is moved to the back of that order; it is looked at again
+        once the calls made after it have aged out."""
+        forgotten = visited = 0
+        kept: list[CallRecord] = []
+        for record in self.calls.values():
+            if record.at >= before or (limit is not None and visited >= limit):
+                break
+            visited += 1
+            if self._still_read(record, bookings_before):
+                kept.append(record)
+            else:
+                forgotten += 1
+        if not visited:
+            return 0
+        oldest = list(itertools.islice(self.calls.values(), visited))
+        for record in oldest:
+            del self.calls[record.id]
+        for record in kept:  # to the back of the decision order
+            self.calls[record.id] = record
+        kept_ids = {record.id for record in kept}
+        for record in oldest:
+            if record.id not in kept_ids:
+                self._unindex(record)
+                if self.on_forget is not None:
+                    self.on_forget(record)
+        return forgotten
 
-        gone = [call_id for call_id, r in self.calls.items() if not wanted(r)]
-        for call_id in gone:
-            del self.calls[call_id]
-        indexes: list[defaultdict[Any, list[CallRecord]]] = [
-            self.messages, self.messages_by_day, self.cancellations, self.refunds,
-            self.refunds_by_day, self.charges, self.invoices, self.invoices_by_customer,
-            self.identical,
-        ]  # fmt: skip
-        for index in indexes:
-            for key in list(index):
-                kept = [r for r in index[key] if wanted(r)]
-                if kept:
-                    index[key] = kept
-                else:
-                    del index[key]
-        for calendar in list(self.bookings):
-            self.bookings[calendar].keep(wanted)
-            if not len(self.bookings[calendar]):
-                del self.bookings[calendar]
-        return len(gone)
+    @staticmethod
+    def _still_read(record: CallRecord, bookings_before: datetime) -> bool:
+        if record.status is Status.UNKNOWN:
+            return True
+        effect = record.effect
+        if isinstance(effect, CallEffect) and effect.kind is EffectKind.BOOKING:
+            return effect.end is not None and effect.end > bookings_before
+        return isinstance(effect, CallEffect) and effect.kind is EffectKind.CANCELLATION
+
+    def _unindex(self, record: CallRecord) -> None:
+        """Take a forgotten call out of every index that holds it (its keys name them)."""
+        _drop(self.identical, (record.agent, record.tool, record.effect.args_key), record)
+        effect = record.effect
+        if not isinstance(effect, CallEffect):
+            return
+        kind = effect.kind
+        if kind is EffectKind.MESSAGE and effect.recipient is not None:
+            _drop(self.messages, effect.recipient, record)
+            _drop(self.messages_by_day, (effect.recipient, effect.local_day), record)
+        elif kind is EffectKind.BOOKING and effect.calendar is not None:
+            index = self.bookings.get(effect.calendar)
+            if index is not None:
+                index.remove(record)
+                if not len(index):
+                    del self.bookings[effect.calendar]
+        elif kind is EffectKind.CANCELLATION and effect.target is not None:
+            _drop(self.cancellations, effect.target, record)
+        elif kind is EffectKind.REFUND and effect.target is not None and effect.currency:
+            _drop(self.refunds, effect.target, record)
+            _drop(self.refunds_by_day, (effect.local_day, effect.currency), record)
+        elif kind is EffectKind.CHARGE and effect.customer and effect.amount is not None:
+            _drop(self.charges, (effect.customer, effect.amount, effect.currency or ""), record)
+        elif kind is EffectKind.INVOICE and effect.customer and effect.total is not None:
+            _drop(self.invoices, (effect.customer, effect.total), record)
+            _drop(self.invoices_by_customer, effect.customer, record)
 
     def is_released(self, booking: CallRecord) -> bool:
         """A booking whose event a succeeded cancellation named no longer holds its slot."""
         return booking.event is not None and booking.event in self.released
+
+
+def _drop(index: defaultdict[Any, list[CallRecord]], key: Any, record: CallRecord) -> None:
+    """Remove ``record`` (by identity) from ``index[key]``; drop the key once it is empty.
+    Index lists are in decision order and forgetting goes oldest first, so the record is
+    almost always at the front."""
+    held = index.get(key)
+    if held is None:
+        return
+    for i, other in enumerate(held):
+        if other is record:
+            del held[i]
+            break
+    if not held:
+        del index[key]

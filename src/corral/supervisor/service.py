@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -63,6 +64,12 @@ from corral.supervisor.effects import CallEffect
 from corral.supervisor.ledger import CallRecord, Status
 from corral.supervisor.policy import TenantPolicy, load_policy
 from corral.supervisor.store import LedgerStore
+
+_log = logging.getLogger(__name__)
+
+PRUNE_PER_CALL = 2
+"""Oldest calls each decision looks at for forgetting: more than one, so forgetting keeps up
+with any arrival rate, and few, so a decision never pays for a backlog."""
 
 
 @dataclass
@@ -148,7 +155,13 @@ class Control:
             found = self.tenants[tenant] = TenantSupervisor(
                 self.policies.get(tenant) or load_policy({})
             )
+            # What control remembers per call goes with the call (else it grows without bound).
+            found.ledger.on_forget = lambda record: self._forget(tenant, record.id)
         return found
+
+    def _forget(self, tenant: str, call_id: str) -> None:
+        self.last.pop((tenant, call_id), None)
+        self.executions.pop((tenant, call_id), None)
 
     def set_policy(self, tenant: str, policy: TenantPolicy) -> None:
         """A new policy applies to calls decided from now on (the ledger is kept)."""
@@ -168,6 +181,10 @@ class Control:
                     self.escalations[(tenant, call.call_id)] = Escalation(
                         tenant, call.call_id, call.agent, call.tool, call.args, decision
                     )
+        # Forget now, before serving, what aged out while control was down.
+        now = self.clock.now()
+        for supervisor in self.tenants.values():
+            supervisor.prune(now)
         _settle_heap()
         return count
 
@@ -252,6 +269,9 @@ class Control:
                 agent, sandbox, tool, dict(args), delegation
             )
         self._after(tenant, agent, tool, dict(args), decision)
+        # Forget a few of the tenant's oldest calls per decision: the ledger stays bounded by
+        # its windows without a periodic walk of the whole of it (which stalled every call).
+        supervisor.prune(at, limit=PRUNE_PER_CALL)
         if decision.verdict is Verdict.ALLOW and delegation is not None:
             await self._execute(tenant, call_id, agent, sandbox, tool, dict(args), delegation)
         return decision
@@ -454,19 +474,17 @@ class Control:
         self.last[(tenant, call_id)] = final
         self._finalize(tenant, call_id, final)
 
-    def prune(self) -> int:
-        """Forget, in memory and in the store, calls no rule can read any more."""
+    def prune(self, *, limit: int | None = None) -> int:
+        """Forget calls no rule can read any more: in memory (each tenant's oldest ``limit``
+        calls at most, or all), and in the store through its writer thread, behind the writes
+        already queued (so the event loop never waits on a bulk delete)."""
         now = self.clock.now()
         forgotten = 0
         for tenant, supervisor in self.tenants.items():
-            forgotten += supervisor.prune(now)
+            forgotten += supervisor.prune(now, limit=limit)
             window = timedelta(seconds=supervisor.policy.messages.dedupe_window_s)
-            self.store.prune(tenant, now - max(timedelta(hours=24), window) - timedelta(hours=24))
-        # What control remembers per call goes with the call (else it grows without bound).
-        for remembered in (self.last, self.executions):
-            for key in [k for k in remembered if k[1] not in self.supervisor(k[0]).ledger.calls]:
-                del remembered[key]
-        _settle_heap()
+            before = now - max(timedelta(hours=24), window) - timedelta(hours=24)
+            self.store.prune_later(tenant, before).add_done_callback(_log_failure)
         return forgotten
 
     def pending(self, tenant: str) -> list[Escalation]:
@@ -516,6 +534,25 @@ def _all_durable(futures: list[Future[Any]]) -> asyncio.Future[None]:
     for future in futures:
         future.add_done_callback(finished)
     return done
+
+
+def _log_failure(future: Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:
+        _log.error("supervisor ledger: pruning the store failed: %s", error)
+
+
+def settle_heap() -> None:
+    """Freeze what lives now (``gc.freeze()``, no collection: it costs nothing and stalls
+    nothing), so that CPython's full collections walk only what was made since.
+
+    Run periodically by the service. Without it, every object the ledger keeps after the
+    restore stays in the oldest generation, and each full collection walks more of them: 60 to
+    140 ms stalls, measured under load at 500 calls/s, each one a queue behind it. The cost is
+    that cyclic garbage made before a freeze is not collected any more; what the ledger forgets
+    is acyclic and is freed by reference counting all the same.
+    """
+    gc.freeze()
 
 
 def _settle_heap() -> None:

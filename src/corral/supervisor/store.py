@@ -96,6 +96,13 @@ class _DriverSQL:
             f"UPDATE {table} SET {quote.quote('status')} = {mark}, "  # noqa: S608
             f"{quote.quote('result')} = {mark} WHERE {where}"
         )
+        # Forget what no rule can read: made before the cutoff, outcome not ``unknown``, and
+        # not a booking whose interval ends after it (the same test as :meth:`LedgerStore.prune`).
+        at, keep = quote.quote("at"), quote.quote("keep_until")
+        self.prune = (
+            f"DELETE FROM {table} WHERE {quote.quote('tenant')} = {mark} AND {at} < {mark} "  # noqa: S608
+            f"AND {quote.quote('status')} <> 'unknown' AND ({keep} IS NULL OR {keep} < {mark})"
+        )
         at_type = calls.c.at.type
         self._time = at_type.bind_processor(dialect)
 
@@ -233,6 +240,13 @@ class LedgerStore:
             text = orjson.dumps(dict(result)).decode()
             write = _Write(self._sql.update_result, (status, text, tenant, call_id), Future())
         return self._submit(write)
+
+    def prune_later(self, tenant: str, before: datetime) -> Future[None]:
+        """:meth:`prune` through the group commit, behind every write queued before it."""
+        if before.tzinfo is None:
+            raise ValueError("refusing a naive datetime: corral times are timezone-aware")
+        cutoff = self._sql.time(before)
+        return self._submit(_Write(self._sql.prune, (tenant, cutoff, cutoff), Future()))
 
     def _write(self, what: str) -> AbstractContextManager[Connection]:
         def fail(exc: Exception) -> LedgerStoreError:
