@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChannelClient",
     "ChannelError",
+    "DelegationRefused",
     "ToolForbidden",
     "ToolRefused",
 ]
@@ -86,6 +87,53 @@ class ToolRefused(ChannelError):
 
     def _field(self, name: str) -> Any:
         return self.data.get(name) if isinstance(self.data, dict) else None
+
+
+class DelegationRefused(ToolRefused):
+    """The supervisor allowed the call, but the broker refused the delegation presented with
+    it, so nothing ran: ``data["execution"]["error"]`` holds the broker's problem code
+    (``docs/broker.md``).
+
+    :attr:`reason` is ``"expired"`` or ``"revoked"`` — a new delegation may succeed — or the
+    broker's code for a refusal a new delegation would not cure (``not_delegated``: the call is
+    outside its scope; ``max_uses``; ``delegation_refused``: signature, tenant, agent, sandbox).
+    """
+
+    @property
+    def problem(self) -> str:
+        """The broker's problem code (``delegation_refused``, ``revoked``, ...)."""
+        code = _execution_error(self.data).get("code")
+        return code if isinstance(code, str) else ""
+
+    @property
+    def reason(self) -> str:
+        code = self.problem
+        message = _execution_error(self.data).get("message")
+        # The broker reports an expired token as delegation_refused; only its message says
+        # "expired at". A distinct code (delegation_expired) is accepted as well.
+        if code == "delegation_expired" or (
+            code == "delegation_refused" and isinstance(message, str) and " expired at " in message
+        ):
+            return "expired"
+        return code
+
+    @property
+    def renewable(self) -> bool:
+        """Whether a new delegation may succeed where this one was refused."""
+        return self.reason in ("expired", "revoked")
+
+
+_DELEGATION_PROBLEMS = frozenset(
+    {"delegation_refused", "delegation_expired", "not_delegated", "revoked", "max_uses"}
+)
+"""The broker's problem codes about the delegation itself (``docs/broker.md``, 403)."""
+
+
+def _execution_error(data: Any) -> dict[str, Any]:
+    """``data["execution"]["error"]`` of a refusal of an executed call, or ``{}``."""
+    execution = data.get("execution") if isinstance(data, dict) else None
+    error = execution.get("error") if isinstance(execution, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 class ToolForbidden(ChannelError):
@@ -361,6 +409,8 @@ def _error_from(error: Any) -> ChannelError:
     text = message if isinstance(message, str) else f"error {code}"
     data = error.get("data")
     if code == wire.REFUSED:
+        if _execution_error(data).get("code") in _DELEGATION_PROBLEMS:
+            return DelegationRefused(text, code=code, data=data)
         return ToolRefused(text, code=code, data=data)
     if code == wire.FORBIDDEN:
         return ToolForbidden(text, code=code, data=data)

@@ -4,8 +4,9 @@
   .real_time` of the same origin and factor control's clock has); a step found late runs at
   once, after the one before it. The origin comes in ``/work/go.json`` once every agent is
   up (so the demo needs a backend whose ``/work`` is the host's directory: bwrap, gVisor).
-- **Delegations.** One per tool, asked for through the channel (``request_delegation``) and
-  presented on every call; asked again before its 300 seconds run out.
+- **Delegations.** The SDK's (:meth:`corral.guest.tools.Delegations.auto`): one per tool with
+  the job's constraints for it, asked for before the day begins, presented on every call,
+  renewed before its 300 seconds run out (and once more if the broker finds it expired).
 - **Record.** Each call as one JSON line in ``/work/calls.jsonl`` (step, tool, call id, verdict,
   rules, outcome, milliseconds from the guest's call to its answer), and ``/work/result.json``
   once the day is done; the demo reads both. Then the agent waits to be stopped: the host
@@ -25,13 +26,9 @@ from typing import Any
 
 from corral.demo.clinic import HELD, plan_day, real_time
 from corral.guest import tools
-from corral.guest._client import ChannelError, ToolForbidden, ToolRefused
+from corral.guest.tools import ChannelError, ToolForbidden, ToolRefused
 
 __all__ = ["Agent", "Answer", "Handler", "run"]
-
-_RENEW_AFTER_S = 200.0
-"""A delegation lives 300 s at most; ask again well before."""
-
 
 Handler = Callable[["Agent", dict[str, Any]], None]
 """What one task of the plan does: ``handler(agent, step)``."""
@@ -72,7 +69,6 @@ class Agent:
         self.constraints: dict[str, dict[str, Any]] = job.get("constraints", {})
         self.tools: list[str] = list(job.get("tools", []))
         self.work = work
-        self.delegations: dict[str, tuple[str, float]] = {}
         self.calls = 0
         self.step: dict[str, Any] = {}
         self.index = -1
@@ -82,35 +78,17 @@ class Agent:
         """A line for the host's log of this sandbox."""
         tools.log(f"{self.role}: {message}")
 
-    def delegation(self, tool: str) -> str:
-        held = self.delegations.get(tool)
-        if held is None or time.monotonic() - held[1] > _RENEW_AFTER_S:
-            granted = tools.request_delegation(tool, self.constraints.get(tool), ttl_s=300)
-            held = (granted.token, time.monotonic())
-            self.delegations[tool] = held
-        return held[0]
-
     def call(self, tool: str, **args: Any) -> Answer:
-        """Call ``tool`` presenting this agent's delegation for it; record and return the
-        answer (a refusal is an answer, not an exception)."""
+        """Call ``tool`` (the SDK presents this agent's delegation for it); record and return
+        the answer (a refusal is an answer, not an exception)."""
         self.calls += 1
         key = f"{self.role}-{self.seed}-{self.index}-{self.calls}"
-        params = {
-            "tool": tool,
-            "args": args,
-            "delegation": self.delegation(tool),
-            "idempotency_key": key,
-        }
+        tools.delegations.get(tool)  # asked for again, when due, before the call is timed
         started = time.perf_counter()
         try:
-            raw = tools.client().call("tools.call", params)
+            sent = tools.call(tool, args, idempotency_key=key)
             answer = Answer(
-                "allow",
-                "succeeded",
-                raw.get("result"),
-                [],
-                raw.get("call_id"),
-                str(raw.get("explanation", "")),
+                sent.verdict, "succeeded", sent.result, [], sent.call_id, sent.explanation
             )
         except ToolRefused as exc:
             data = exc.data if isinstance(exc.data, dict) else {}
@@ -144,8 +122,9 @@ class Agent:
     def begin(self) -> None:
         """Ask for every delegation, then wait for the day to begin: the demo picks the
         moment once every agent is up and writes it to ``/work/go.json``."""
+        tools.delegations.auto(self.constraints, ttl_s=300)
         for tool in sorted(self.tools):
-            self.delegation(tool)
+            tools.delegations.get(tool)
         go = self.work / "go.json"
         while self.world["clock"].get("origin") is None:
             if go.exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.guest import tools
-from corral.guest._client import ChannelError
+from corral.guest.tools import ChannelError
 
 _AREAS = (
     201,
@@ -89,17 +89,9 @@ def main(argv: list[str]) -> int:
     work = Path(os.environ.get("HOME") or "/work")
     rng = random.Random(int(job["seed"]))  # noqa: S311 (arrival times, not secrets)
     mix: list[str] = list(job["tools"])
-    tokens: dict[str, tuple[str, float]] = {}
-
-    def delegation(tool: str) -> str:
-        held = tokens.get(tool)
-        if held is None or time.monotonic() - held[1] > 200:
-            held = (tools.request_delegation(tool, ttl_s=300).token, time.monotonic())
-            tokens[tool] = held
-        return held[0]
-
+    tools.delegations.auto(ttl_s=300)  # the SDK presents one per tool and renews it
     for tool in mix:
-        delegation(tool)
+        tools.delegations.get(tool)
     go = work / "go.json"
     while not go.exists():
         time.sleep(0.01)
@@ -118,16 +110,13 @@ def main(argv: list[str]) -> int:
                 if time.time() >= end:
                     break
                 tool = mix[calls % len(mix)]
-                params = {
-                    "tool": tool,
-                    "args": arguments(tool, int(job["index"]), calls),
-                    "delegation": delegation(tool),
-                }
+                args = arguments(tool, int(job["index"]), calls)
                 calls += 1
+                tools.delegations.get(tool)  # asked for again, when due, before the timing
                 began = time.perf_counter()
+                call_id: str | None
                 try:
-                    answer = tools.client().call("tools.call", params)
-                    ok, call_id = True, answer.get("call_id")
+                    ok, call_id = True, tools.call(tool, args).call_id
                 except ChannelError as exc:
                     data = exc.data if isinstance(exc.data, dict) else {}
                     ok, call_id = False, data.get("call_id")
