@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from corral.broker.approval import (
     call_hash,
     load_or_create_signer,
 )
+from corral.broker.client import (
+    connect_call,
+    credential_digest,
+    disconnect_call,
+    rotate_call,
+)
+from corral.core.canonical import canonicalize
 from corral.core.clock import ManualClock
 from corral.core.errors import ConfigError
 
@@ -58,6 +66,57 @@ def test_any_change_to_the_call_voids_the_approval(field: str, value: object) ->
         return
     with pytest.raises(ApprovalRefused, match=r"another|cannot be approved"):
         VERIFIER.verify(approval, changed, clock)
+
+
+_SECRETS = st.dictionaries(
+    st.sampled_from(["api_key", "account_sid", "auth_token", "refresh_token", "client_secret"]),
+    st.text(string.ascii_uppercase + string.digits + "_-", min_size=8, max_size=40),
+    min_size=1,
+)
+
+
+@given(fields=_SECRETS, which=st.integers(min_value=0), extra=st.text(min_size=1, max_size=4))
+def test_a_credential_call_holds_no_value_and_any_changed_value_voids_it(
+    fields: dict[str, str], which: int, extra: str
+) -> None:
+    """The call documents hold the fields' names and digest, never a value (a value, uppercase,
+    cannot hide in the lowercase document by chance); changing any value voids the approval."""
+    clock = ManualClock(T0)
+    request = {"tenant": "brightsmile", "provider": "stripe", "fields": fields,
+               "operator": "own_lee", "idempotency_key": "connect-00000001"}  # fmt: skip
+    documents = [connect_call(request), rotate_call("stripe-1", request)]
+    for document in documents:
+        text = canonicalize(document).decode("utf-8")
+        assert not [value for value in fields.values() if value in text]
+        assert document["args"]["fields"] == sorted(fields)
+        assert document["args"]["fields_sha256"] == credential_digest("brightsmile", fields)
+    name = sorted(fields)[which % len(fields)]
+    changed = {**request, "fields": {**fields, name: fields[name] + extra}}
+    for document, again in zip(
+        documents, [connect_call(changed), rotate_call("stripe-1", changed)], strict=True
+    ):
+        approval = SIGNER.approve(document, approval_id="apv-1", clock=clock)
+        with pytest.raises(ApprovalRefused, match="another call"):
+            VERIFIER.verify(approval, again, clock)
+
+
+def test_credential_calls_are_bound_to_their_kind_tenant_and_connection() -> None:
+    fields = {"api_key": "sk_test_x"}
+    request = {"tenant": "brightsmile", "fields": fields, "operator": "own_lee",
+               "idempotency_key": "change-00000001"}  # fmt: skip
+    hashes = {
+        call_hash(connect_call({**request, "provider": "stripe"})),
+        call_hash(connect_call({**request, "provider": "stripe", "connection_id": "stripe-1"})),
+        call_hash(rotate_call("stripe-1", request)),
+        call_hash(rotate_call("stripe-2", request)),
+        call_hash(disconnect_call("stripe-1", {**request, "fields": None})),
+        call_hash(rotate_call("stripe-1", {**request, "tenant": "quickfix"})),
+    }
+    assert len(hashes) == 6
+    assert credential_digest("brightsmile", fields) != credential_digest("quickfix", fields)
+    assert disconnect_call("stripe-1", {**request, "fields": None})["args"] == {
+        "operator": "own_lee"
+    }
 
 
 def test_a_changed_argument_voids_the_approval() -> None:

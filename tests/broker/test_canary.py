@@ -4,11 +4,13 @@ Canary credentials are connected for all six providers (every credential field, 
 access and refresh token the fakes ever issue during the run). Every catalog tool then runs
 through the broker, along with the paths where secrets like to leak: provider errors that echo
 the key (as Stripe's "Invalid API Key provided: sk_test_…" does), refused and expired tokens,
-a refresh token the provider refuses, lost answers. Everything that goes toward an agent or an
-operator is collected: responses and problem documents, delegations, audit events, metrics
-and every log record. The scan looks for every 8-character piece of every canary in that text
-raw, and in every base64 (standard and URL-safe, each alignment), percent-encoded and hex run
-decoded from it. It must find nothing.
+a refresh token the provider refuses, lost answers, and accounts connected, replaced and
+disconnected over HTTP (their new credentials are canaries too; a refused request with a key
+pasted as a field name among them). Everything that goes toward an agent or an operator is
+collected: responses and problem documents, delegations, audit events and the audit entries
+made of them, metrics and every log record. The scan looks for every 8-character piece of
+every canary in that text raw, and in every base64 (standard and URL-safe, each alignment),
+percent-encoded and hex run decoded from it. It must find nothing.
 
 The scan is written independently of :mod:`corral.broker.scrub` (it decodes the corpus rather
 than encoding the canaries), so that a blind spot in one is not a blind spot in both.
@@ -29,7 +31,10 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from corral.broker.client import mint_call
+from corral.broker.client import connect_call, disconnect_call, mint_call, rotate_call
+from corral.broker.events import to_entries
+from corral.core.ids import SequentialIds
+from corral.fakes import fake_endpoints
 from tests.broker._world import TENANT, World, build_world, catalog_calls, run
 
 WINDOW = 8
@@ -135,9 +140,49 @@ def _exercise(world: World, corpus: list[str]) -> None:
     minted = keep(run(world.post("/delegations", {"approval": approval, "request": request})))
     assert minted.get("delegation", "").startswith("cdl1.")
     keep(run(world.post("/execute", {"delegation": "x", "approval": "y", "call": {}})))
+    _change_connections(world, keep, corpus)
     keep(run(world.get(f"/connections?tenant={TENANT}")))
     keep(run(world.get("/healthz")))
     corpus.append(run(world.get("/metrics")).text)
+
+
+def _change_connections(world: World, keep: Any, corpus: list[str]) -> None:
+    """Connect, replace and disconnect a Stripe account over HTTP, with refusals on the way."""
+    fake: Any = world.fakes["stripe"]
+    first, second = fake.new_connection(), fake.new_connection()
+    world.fields["stripe-2"], world.fields["stripe-2 rotated"] = first, second
+
+    def change(path: str, document: dict[str, Any], request: dict[str, Any]) -> None:
+        body = keep(run(world.post(path, {"approval": world.approve(document),
+                                          "request": request})))  # fmt: skip
+        for entry, personal in to_entries(body.get("events", []), TENANT, SequentialIds()):
+            corpus.append(entry.model_dump_json())
+            corpus.append(repr(personal))
+
+    base = {"tenant": TENANT, "operator": "own_lee"}
+    connect = {**base, "provider": "stripe", "fields": first, "idempotency_key": "connect-0001",
+               "api_url": fake_endpoints(world.fakes)["stripe"].api}  # fmt: skip
+    change("/connections", connect_call(connect), connect)
+    change("/connections", connect_call(connect), connect)  # replayed
+    pasted = {**connect, "idempotency_key": "connect-0002",
+              "fields": {"api_key": second["api_key"], second["api_key"]: "x"}}  # fmt: skip
+    change("/connections", connect_call(pasted), pasted)  # refused: a key as a field name
+    wrong = {**pasted, "fields": {"api_key": second["api_key"], "account_sid": "AC1"}}
+    change("/connections", connect_call(pasted), wrong)  # refused: approved for other fields
+    typed = {**wrong, "fields": {"api_key": [second["api_key"]]}}
+    change("/connections", connect_call(typed), typed)  # refused: not a string
+    rotate = {**base, "fields": second, "idempotency_key": "rotate-00001"}
+    change("/connections/stripe-2/rotate", rotate_call("stripe-2", rotate), rotate)
+    change("/connections/stripe-2/rotate", rotate_call("stripe-2", rotate), rotate)  # replayed
+    other = {**rotate, "tenant": "quickfix", "idempotency_key": "rotate-00002"}
+    change("/connections/stripe-2/rotate", rotate_call("stripe-2", other), other)  # refused
+    call = world.call("stripe.create_payment_intent", {"amount": 300, "currency": "usd"})
+    call["connection_id"] = "stripe-2"
+    keep(run(world.post("/execute", {"delegation": world.delegate(["stripe.*"]),
+                                     "approval": world.approve(call), "call": call})))  # fmt: skip
+    leave = {**base, "reason": "closed", "idempotency_key": "disconnect-1"}
+    change("/connections/stripe-2/disconnect", disconnect_call("stripe-2", leave), leave)
+    change("/connections/stripe-2/disconnect", disconnect_call("stripe-2", leave), leave)
 
 
 def test_no_canary_reaches_anything_an_agent_or_operator_sees(

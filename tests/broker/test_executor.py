@@ -3,21 +3,42 @@
 Every catalog tool runs through ``POST /execute``; without control's approval, with another
 sandbox, after a revocation or past ``max_uses`` nothing reaches a provider; retries never act
 twice; OAuth tokens refresh and rotate; a refused refresh token marks the connection.
+
+Accounts are connected, replaced and disconnected over ``POST /connections``,
+``…/{id}/rotate`` and ``…/{id}/disconnect`` with control's approval; the credential is the one
+the next call uses; every refusal (bad input, another tenant's connection, a bad approval)
+names what is wrong, repeats no secret and changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import string
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from corral.broker._store import ConnectionStatus, RevocationKind
+from corral.broker._store import (
+    ConnectionStatus,
+    RevocationKind,
+    access_tokens,
+    connections,
+    credentials,
+    intents,
+    revocations,
+)
+from corral.broker.client import connect_call, disconnect_call, rotate_call
 from corral.broker.delegation import MAX_TTL_S, verify
-from corral.connectors import catalog
-from corral.fakes import combined_app
+from corral.broker.events import to_entries
+from corral.connectors import catalog, providers
+from corral.core.ids import SequentialIds
+from corral.fakes import combined_app, fake_endpoints
 from tests.broker._world import START, TENANT, World, build_world, catalog_calls, run
 
 
@@ -305,3 +326,293 @@ def test_reconcile_turns_a_refusal_into_unknown_never_failed(world: World) -> No
     args = tool.parse_args({"to": "+13105550123", "body": "x"})
     with pytest.raises(OutcomeUnknown, match="could not ask the provider"):
         run(world.broker._reconcile(tool, args, None, None, Scrubber()))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ connect, rotate, disconnect
+
+OPERATOR = "own_lee"
+
+
+def _request(world: World, **fields: Any) -> dict[str, Any]:
+    return {"tenant": TENANT, "operator": OPERATOR, "idempotency_key": world.key(), **fields}
+
+
+def _connect(world: World, request: dict[str, Any]) -> httpx.Response:
+    approval = world.approve(connect_call(request))
+    return run(world.post("/connections", {"approval": approval, "request": request}))
+
+
+def _rotate(world: World, cid: str, request: dict[str, Any]) -> httpx.Response:
+    approval = world.approve(rotate_call(cid, request))
+    return run(world.post(f"/connections/{cid}/rotate", {"approval": approval, "request": request}))
+
+
+def _disconnect(world: World, cid: str, request: dict[str, Any]) -> httpx.Response:
+    body = {"approval": world.approve(disconnect_call(cid, request)), "request": request}
+    return run(world.post(f"/connections/{cid}/disconnect", body))
+
+
+def _state(world: World) -> list[list[tuple[Any, ...]]]:
+    """Every table a connection change could touch, whole."""
+    store = world.broker.vault.store
+    with store.read("test") as conn:
+        return [
+            [tuple(row) for row in conn.execute(sa.select(t).order_by(*t.primary_key.columns))]
+            for t in (connections, credentials, access_tokens, revocations, intents)
+        ]
+
+
+def _pay(world: World, amount: int, connection_id: str | None) -> httpx.Response:
+    call = world.call("stripe.create_payment_intent", {"amount": amount, "currency": "usd"})
+    call["connection_id"] = connection_id
+    body = {"delegation": world.delegate(["stripe.*"]), "approval": world.approve(call),
+            "call": call}  # fmt: skip
+    return run(world.post("/execute", body))
+
+
+def test_connect_rotate_and_disconnect_over_the_api(world: World) -> None:
+    fake: Any = world.fakes["stripe"]
+    vault, store = world.broker.vault, world.broker.vault.store
+    api = fake_endpoints(world.fakes)["stripe"].api
+    first, second = fake.new_connection(), fake.new_connection()
+    events: list[dict[str, Any]] = []
+
+    response = _connect(world, _request(world, provider="stripe", fields=first, api_url=api))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    row = body["connection"]
+    assert row["connection_id"] == "stripe-2"  # stripe-1 exists: the next free id
+    assert (row["status"], row["credential_version"], row["api_url"]) == ("active", 1, api)
+    assert [(e["kind"], e["actor"], e["data"]) for e in body["events"]] == [
+        ("credential.connected", {"kind": "operator", "id": OPERATOR},
+         {"connection_id": "stripe-2", "provider": "stripe"}),
+    ]  # fmt: skip
+    assert body["replayed"] is False
+    events += body["events"]
+    assert vault.read_fields(vault.connection(TENANT, "stripe-2")) == (1, first)
+    # Two Stripe accounts now: a call names the one it uses.
+    assert _pay(world, 700, None).json()["type"].endswith("ambiguous_connection")
+    assert _pay(world, 700, "stripe-2").json()["status"] == "succeeded"
+
+    rotate = _request(world, fields=second)
+    approval = world.approve(rotate_call("stripe-2", rotate))
+    sent = {"approval": approval, "request": rotate}
+    body = run(world.post("/connections/stripe-2/rotate", sent)).json()
+    assert body["connection"]["credential_version"] == 2
+    assert [(e["kind"], e["data"]["reason"]) for e in body["events"]] == [
+        ("credential.rotated", "credential replaced (version 2)")
+    ]
+    events += body["events"]
+    assert _pay(world, 800, "stripe-2").json()["status"] == "succeeded"
+    assert [pi["amount"] for pi in fake.payment_intents(first["api_key"])] == [700]
+    assert [pi["amount"] for pi in fake.payment_intents(second["api_key"])] == [800]
+    # The same request again: the first answer, nothing done twice.
+    again = run(world.post("/connections/stripe-2/rotate", sent)).json()
+    assert again == {**body, "events": [], "replayed": True}
+    assert vault.connection(TENANT, "stripe-2").version == 2
+    # Its key for another request: refused.
+    reused = _rotate(world, "stripe-2", {**rotate, "fields": first})
+    assert reused.status_code == 409 and reused.json()["type"].endswith("idempotency_conflict")
+    recorded = store.intent(TENANT, rotate["idempotency_key"])
+    assert recorded is not None and recorded.result is not None
+    assert second["api_key"] not in recorded.result and "sk_test_" not in recorded.result
+
+    body = _disconnect(world, "stripe-2", _request(world, reason="moved processors")).json()
+    assert body["connection"]["status"] == "revoked"
+    assert [(e["kind"], e["data"]) for e in body["events"]] == [
+        ("credential.revoked",
+         {"connection_id": "stripe-2", "provider": "stripe", "reason": "moved processors"}),
+    ]  # fmt: skip
+    events += body["events"]
+    assert [store.credential(TENANT, "stripe-2", v) for v in (1, 2)] == [None, None]
+    assert store.revoked(TENANT, [(RevocationKind.CONNECTION, "stripe-2")])
+    refused = _pay(world, 900, "stripe-2")
+    assert refused.status_code == 409 and refused.json()["type"].endswith("connection_revoked")
+    assert _pay(world, 900, None).json()["status"] == "succeeded"  # stripe-1 is the only one
+    # The events are audit entries naming the operator, as the CLI's are.
+    entries = to_entries(events, TENANT, SequentialIds())
+    assert [e.kind for e, _ in entries] == [
+        "credential.connected", "credential.rotated", "credential.revoked"]  # fmt: skip
+    assert {(e.actor.kind, e.actor.id) for e, _ in entries} == {("operator", OPERATOR)}
+    text = run(world.get("/metrics")).text
+    assert 'corral_broker_connection_changes_total{action="rotate"} 1.0' in text
+
+
+def test_rotating_reconnects_a_connection_the_provider_refused(world: World) -> None:
+    fake: Any = world.fakes["calendly"]
+    fake.oauth.revoke(world.fields["calendly"]["refresh_token"])
+    args = {"event_uuid": "00000000-0000-0000-0000-000000000000"}
+    assert run(world.execute("calendly.cancel_event", args)).json()["status"] == "failed"
+    assert world.broker.vault.connection(TENANT, "calendly-1").status.value == "needs_reconnect"
+    fresh = fake.new_connection()
+    body = _rotate(world, "calendly-1", _request(world, fields=fresh)).json()
+    assert body["connection"]["status"] == "active" and body["connection"]["status_reason"] is None
+    book = dict(catalog_calls(world))["calendly.book"]
+    book = {**book, "event_type": fake.add_event_type(fresh, duration=30)}
+    booked = run(world.execute("calendly.book", book)).json()
+    assert booked["status"] == "succeeded", booked
+
+
+SECRET = "sk_test_REFUSEDcanary0123456789"
+Build = Callable[[World], tuple[str, dict[str, Any]]]
+
+
+def _connect_body(
+    world: World, approve_instead: dict[str, Any] | None = None, **request: Any
+) -> tuple[str, dict[str, Any]]:
+    sent = _request(world, **request)
+    document = connect_call({**sent, **(approve_instead or {})})
+    return "/connections", {"approval": world.approve(document), "request": sent}
+
+
+def _rotate_body(world: World, cid: str, **request: Any) -> tuple[str, dict[str, Any]]:
+    sent = _request(world, **request)
+    approval = world.approve(rotate_call(cid, sent))
+    return f"/connections/{cid}/rotate", {"approval": approval, "request": sent}
+
+
+def _disconnect_body(world: World, cid: str, **request: Any) -> tuple[str, dict[str, Any]]:
+    sent = _request(world, **request)
+    approval = world.approve(disconnect_call(cid, sent))
+    return f"/connections/{cid}/disconnect", {"approval": approval, "request": sent}
+
+
+def _rotate_approved_for_disconnect(world: World) -> tuple[str, dict[str, Any]]:
+    sent = _request(world)
+    approval = world.approve(rotate_call("stripe-1", {**sent, "fields": {"api_key": SECRET}}))
+    return "/connections/stripe-1/disconnect", {"approval": approval, "request": sent}
+
+
+REFUSALS: list[tuple[str, Build, int, str, str]] = [
+    ("unknown provider",
+     lambda w: _connect_body(w, provider="paypal", fields={"api_key": SECRET}),
+     400, "invalid_connection", "unknown provider 'paypal'"),
+    ("missing field",
+     lambda w: _connect_body(w, provider="twilio", fields={"account_sid": "AC1"}),
+     400, "invalid_connection", "twilio credential: missing auth_token"),
+    ("empty field",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": ""}),
+     400, "invalid_connection", "missing api_key"),
+    ("unknown field, a pasted key as its name",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": "k", SECRET: "v"}),
+     400, "invalid_connection", "1 unknown field (it takes api_key)"),
+    ("a value that is not a string",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": 12345}),
+     400, "bad_request", "request.fields: Value error, credential values must be strings"),
+    ("an id already taken",
+     lambda w: _connect_body(w, provider="stripe", connection_id="stripe-1",
+                             fields={"api_key": SECRET}),
+     409, "connection_exists", "tenant 'brightsmile' already has connection 'stripe-1'"),
+    ("a tenant that is not an id",
+     lambda w: _connect_body(w, tenant="bright smile", provider="stripe",
+                             fields={"api_key": SECRET}),
+     400, "bad_request", "request.tenant"),
+    ("an endpoint that is not a URL",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": SECRET},
+                             api_url="file:///etc/passwd"),
+     400, "bad_request", "request.api_url"),
+    ("no operator",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": SECRET}, operator=None),
+     400, "bad_request", "request.operator"),
+    ("an idempotency key that is not one",
+     lambda w: _connect_body(w, provider="stripe", fields={"api_key": SECRET},
+                             idempotency_key="short"),
+     400, "bad_request", "request.idempotency_key"),
+    ("an approval of other fields",
+     lambda w: _connect_body(w, {"fields": {"api_key": SECRET + "x"}}, provider="stripe",
+                             fields={"api_key": SECRET}),
+     403, "approval_refused", "approval is for another call"),
+    ("an approval of another tenant",
+     lambda w: _connect_body(w, {"tenant": "quickfix"}, provider="stripe",
+                             fields={"api_key": SECRET}),
+     403, "approval_refused", "approval is for another tenant"),
+    ("an approval of another connection id",
+     lambda w: _connect_body(w, {"connection_id": "stripe-7"}, provider="stripe",
+                             fields={"api_key": SECRET}),
+     403, "approval_refused", "approval is for another call"),
+    ("no approval",
+     lambda w: ("/connections", {**_connect_body(w, provider="stripe",
+                                                fields={"api_key": SECRET})[1], "approval": ""}),
+     403, "approval_refused", "no approval"),
+    ("rotate: another tenant's connection",
+     lambda w: _rotate_body(w, "stripe-1", tenant="quickfix", fields={"api_key": SECRET}),
+     404, "unknown_connection", "tenant 'quickfix' has no connection 'stripe-1'"),
+    ("rotate: an unknown connection",
+     lambda w: _rotate_body(w, "stripe-9", fields={"api_key": SECRET}),
+     404, "unknown_connection", "has no connection 'stripe-9'"),
+    ("rotate: another provider's fields",
+     lambda w: _rotate_body(w, "stripe-1", fields={"account_sid": "AC1", "auth_token": SECRET}),
+     400, "invalid_connection", "stripe credential: missing api_key; 2 unknown fields"),
+    ("rotate: a connection id that is not one",
+     lambda w: _rotate_body(w, "stripe 1", fields={"api_key": SECRET}),
+     400, "bad_request", "path.connection_id"),
+    ("disconnect: another tenant's connection",
+     lambda w: _disconnect_body(w, "stripe-1", tenant="quickfix"),
+     404, "unknown_connection", "tenant 'quickfix' has no connection 'stripe-1'"),
+    ("disconnect: approved as a rotation",
+     _rotate_approved_for_disconnect,
+     403, "approval_refused", "approval is for another call"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "status", "code", "detail"),
+    [case[1:] for case in REFUSALS],
+    ids=[case[0] for case in REFUSALS],
+)
+def test_a_refused_connection_change_names_the_problem_and_changes_nothing(
+    world: World, build: Build, status: int, code: str, detail: str
+) -> None:
+    path, body = build(world)
+    body["request"] = {k: v for k, v in body["request"].items() if v is not None}
+    before = _state(world)
+    response = run(world.post(path, body))
+    problem = response.json()
+    assert (response.status_code, problem["type"].rsplit("/", 1)[-1]) == (status, code)
+    assert detail in problem["detail"], problem["detail"]
+    assert SECRET not in response.text and "REFUSED" not in response.text
+    assert _state(world) == before
+
+
+def test_a_disconnected_connection_is_neither_rotated_nor_disconnected_again(
+    world: World,
+) -> None:
+    assert _disconnect(world, "twilio-1", _request(world)).status_code == 200
+    before = _state(world)
+    for response in (
+        _disconnect(world, "twilio-1", _request(world)),
+        _rotate(world, "twilio-1", _request(world, fields=world.fields["twilio"])),
+    ):
+        assert response.status_code == 409
+        assert response.json()["type"].endswith("connection_revoked")
+    assert _state(world) == before
+    # Connecting the provider again picks a new id; the old one stays, revoked, as the record.
+    body = _connect(world, _request(world, provider="twilio", fields=world.fields["twilio"]))
+    assert body.status_code == 201 and body.json()["connection"]["connection_id"] == "twilio-2"
+
+
+_TWILIO = providers()["twilio"]
+_ALLOWED = {*_TWILIO.fields, *_TWILIO.optional_fields}
+_NAMES = st.sampled_from(sorted(_ALLOWED)) | st.from_regex(r"zz[a-z]{8}", fullmatch=True)
+_VALUES = st.text(string.ascii_uppercase + string.digits, max_size=24)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fields=st.dictionaries(_NAMES, _VALUES, max_size=5))
+def test_connect_takes_exactly_a_credential_and_never_repeats_one(
+    world: World, fields: dict[str, str]
+) -> None:
+    valid = set(fields) <= _ALLOWED and all(fields.get(name) for name in _TWILIO.fields)
+    before = _state(world)
+    response = _connect(world, _request(world, provider="twilio", fields=fields))
+    unknown = [name for name in fields if name not in _ALLOWED]
+    assert not [s for s in [*unknown, *fields.values()] if len(s) >= 8 and s in response.text]
+    if not valid:
+        assert response.status_code == 400, response.text
+        assert _state(world) == before
+        return
+    assert response.status_code == 201, response.text
+    row = world.broker.vault.connection(TENANT, response.json()["connection"]["connection_id"])
+    assert world.broker.vault.read_fields(row) == (1, fields)

@@ -1,8 +1,9 @@
 """``corral broker serve`` and ``corral fakes serve`` as real processes, over real sockets.
 
 The broker runs as its own process on its Unix socket (mode 0600) and, with a certificate, on
-TCP with TLS; the client is :class:`corral.broker.BrokerClient`. The providers are the fakes
-served over TCP. SIGTERM stops the broker and removes its socket.
+TCP with TLS; the client is :class:`corral.broker.BrokerClient`, which also connects, replaces
+and disconnects an account over the socket. The providers are the fakes served over TCP.
+SIGTERM stops the broker and removes its socket.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from corral.broker import BrokerClient, BrokerRefused
 from corral.broker.assembly import control_approval_signer, open_broker
+from corral.broker.client import connect_call, disconnect_call, rotate_call
 from corral.core.clock import SystemClock
 from corral.core.settings import load_settings
 from tests.broker._served import free_port, served_fixture  # noqa: F401 (fixture)
@@ -143,6 +145,57 @@ def test_the_broker_process_serves_its_socket_and_tls(
         assert tls.get(f"https://127.0.0.1:{port}/healthz").json()["status"] == "ok"
     with pytest.raises(httpx.ConnectError), httpx.Client(verify=True) as untrusted:
         untrusted.get(f"https://127.0.0.1:{port}/healthz")  # not a publicly trusted certificate
+
+
+def test_an_account_is_connected_replaced_and_disconnected_over_the_socket(
+    tmp_path: Path, broker_process: Running, served: tuple[dict[str, Any], str]
+) -> None:
+    fakes, root = served
+    control = control_approval_signer(load_settings(tmp_path / "corral.toml"))
+    first, second = fakes["stripe"].new_connection(), fakes["stripe"].new_connection()
+
+    def approve(document: dict[str, Any]) -> str:
+        key = document["idempotency_key"]
+        return control.approve(document, approval_id=f"apv-{key}", clock=SystemClock())
+
+    base = {"tenant": TENANT, "operator": "own_lee"}
+    connect = {**base, "provider": "stripe", "fields": first, "api_url": f"{root}/stripe",
+               "idempotency_key": "serve-connect-1"}  # fmt: skip
+    rotate = {**base, "fields": second, "idempotency_key": "serve-rotate-1"}
+    leave = {**base, "reason": "closed", "idempotency_key": "serve-leave-1"}
+
+    async def talk() -> list[Any]:
+        async with BrokerClient(socket=broker_process.socket) as client:
+            made = await client.connect(approve(connect_call(connect)), connect)
+            turned = await client.rotate(
+                "stripe-1", approve(rotate_call("stripe-1", rotate)), rotate
+            )
+            try:
+                await client.rotate("stripe-1", approve(connect_call(connect)), rotate)
+            except BrokerRefused as exc:
+                refused = exc
+            middle = await client.connections(TENANT)
+            gone = await client.disconnect(
+                "stripe-1", approve(disconnect_call("stripe-1", leave)), leave
+            )
+            after = await client.connections(TENANT)
+        return [made, turned, refused, middle, gone, after]
+
+    made, turned, refused, middle, gone, after = asyncio.run(talk())
+    assert made["connection"]["connection_id"] == "stripe-1"
+    assert made["connection"]["api_url"] == f"{root}/stripe"
+    assert [e["kind"] for e in made["events"]] == ["credential.connected"]
+    assert turned["connection"]["credential_version"] == 2
+    assert [e["kind"] for e in turned["events"]] == ["credential.rotated"]
+    assert refused.status == 403 and refused.code == "approval_refused"
+    stripe = [row for row in middle["connections"] if row["provider"] == "stripe"]
+    assert [(r["status"], r["credential_version"]) for r in stripe] == [("active", 2)]
+    assert gone["connection"]["status"] == "revoked"
+    assert [e["kind"] for e in gone["events"]] == ["credential.revoked"]
+    statuses = {row["connection_id"]: row["status"] for row in after["connections"]}
+    assert statuses == {"stripe-1": "revoked", "twilio-1": "active"}
+    said = json.dumps([made, turned, refused.detail, middle, gone, after])
+    assert first["api_key"] not in said and second["api_key"] not in said
 
 
 def test_sigterm_stops_the_broker_and_removes_its_socket(broker_process: Running) -> None:

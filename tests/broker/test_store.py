@@ -68,6 +68,9 @@ def test_a_revoked_connection_takes_no_new_version(broker_store: BrokerStore) ->
     assert broker_store.set_status("brightsmile", "stripe-1", ConnectionStatus.REVOKED, "bye", T0)
     assert not broker_store.swap_credential("brightsmile", "stripe-1", 1, b"v2", T0)
     assert broker_store.access_token("brightsmile", "stripe-1") is None
+    assert broker_store.credential("brightsmile", "stripe-1", 1) is None  # nothing sealed stays
+    row = broker_store.connection("brightsmile", "stripe-1")
+    assert row is not None and row.status is ConnectionStatus.REVOKED and row.version == 1
 
 
 def test_only_one_holder_gets_the_refresh_lease_until_it_expires(broker_store: BrokerStore) -> None:

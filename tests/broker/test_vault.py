@@ -3,18 +3,21 @@ refusing bad input and corrupted rows with a clear error, rotating keys while se
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from corral.broker._store import BrokerStore, ConnectionStatus, credentials
+from corral.broker._store import BrokerStore, ConnectionStatus, access_tokens, credentials
 from corral.broker.envelope import EnvelopeError, Sealed, rewrap
 from corral.broker.keys import KeyUnwrapError, LocalKeyProvider
 from corral.broker.vault import (
     ConnectionUnusable,
+    CredentialMoved,
     InvalidConnection,
+    InvalidCredential,
     UnknownConnection,
     Vault,
     context_of,
@@ -92,6 +95,18 @@ def test_connect_refuses_bad_input(
     assert vault.store.connections("t1") == []
 
 
+def test_a_refused_credential_has_a_form_that_repeats_no_unknown_name() -> None:
+    with pytest.raises(InvalidCredential) as refused:
+        Vault.check_fields("twilio", {"auth_token": "t", "sk_live_PASTED": "x", "sid": "y"})
+    assert str(refused.value) == (
+        "twilio credential: missing account_sid; unknown sid, sk_live_PASTED"
+    )
+    assert refused.value.redacted == (
+        "twilio credential: missing account_sid; "
+        "2 unknown fields (it takes account_sid, auth_token, from_number)"
+    )
+
+
 def test_ids_duplicates_and_lookups(vault: Vault) -> None:
     with pytest.raises(InvalidConnection, match="tenant must be"):
         vault.connect("bad tenant!", "c-1", "stripe", {"api_key": SECRET})
@@ -111,6 +126,73 @@ def test_a_revoked_connection_does_not_open(vault: Vault) -> None:
         vault.open_credential(row, None),
     ):
         pass  # pragma: no cover
+
+
+def _sealed_state(store: BrokerStore) -> list[Any]:
+    with store.read("test") as conn:
+        return [
+            *[tuple(r) for r in conn.execute(sa.select(credentials))],
+            *[tuple(r) for r in conn.execute(sa.select(access_tokens))],
+            *store.connections(),
+        ]
+
+
+def test_replacing_a_credential_installs_a_new_version_and_reconnects(vault: Vault) -> None:
+    row = vault.connect("t1", "stripe-1", "stripe", {"api_key": SECRET})
+    vault.mark_needs_reconnect(row, "the provider refused the stored credential (HTTP 401)")
+    replaced = vault.replace_credential("t1", "stripe-1", {"api_key": SECRET + "new"})
+    assert replaced.version == 2 and replaced.status is ConnectionStatus.ACTIVE
+    assert replaced.status_reason is None
+    assert vault.read_fields(replaced) == (2, {"api_key": SECRET + "new"})
+    assert all(SECRET.encode() not in blob for blob in _raw_rows(vault.store))
+
+
+@pytest.mark.parametrize(
+    ("tenant", "cid", "fields", "error", "message"),
+    [
+        ("t2", "stripe-1", {"api_key": "sk"}, UnknownConnection, "tenant 't2' has no connection"),
+        ("t1", "stripe-9", {"api_key": "sk"}, UnknownConnection, "no connection 'stripe-9'"),
+        ("t1", "stripe-1", {"auth_token": "x"}, InvalidCredential, "missing api_key; unknown au"),
+        ("t1", "stripe-1", {"api_key": ""}, InvalidConnection, "missing api_key"),
+    ],
+)  # fmt: skip
+def test_a_refused_replacement_changes_nothing(
+    vault: Vault, tenant: str, cid: str, fields: dict[str, str], error: type, message: str
+) -> None:
+    vault.connect("t1", "stripe-1", "stripe", {"api_key": SECRET})
+    before = _sealed_state(vault.store)
+    with pytest.raises(error, match=message):
+        vault.replace_credential(tenant, cid, fields)
+    assert _sealed_state(vault.store) == before
+
+
+def test_a_replacement_that_loses_the_race_writes_nothing(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault.connect("t1", "stripe-1", "stripe", {"api_key": SECRET})
+    before = _sealed_state(vault.store)
+    monkeypatch.setattr(vault.store, "swap_credential", lambda *_a, **_k: False)
+    with pytest.raises(CredentialMoved, match="changed while its credential"):
+        vault.replace_credential("t1", "stripe-1", {"api_key": "sk_other"})
+    assert _sealed_state(vault.store) == before
+
+
+def test_disconnecting_deletes_every_sealed_version_and_refuses_replacement(vault: Vault) -> None:
+    fields = {"client_id": "c", "client_secret": SECRET, "refresh_token": "r"}
+    row = vault.connect("t1", "gcal-1", "google_calendar", fields)
+    row = vault.replace_credential("t1", "gcal-1", {**fields, "refresh_token": "r2"})
+    token = vault.seal_token(row, "access-token")
+    vault.store.put_access_token("t1", "gcal-1", 2, token, row.created_at + timedelta(hours=1))
+    vault.connect("t1", "stripe-1", "stripe", {"api_key": SECRET})
+    revoked = vault.revoke("t1", "gcal-1", "owner disconnected")
+    assert revoked.status is ConnectionStatus.REVOKED and revoked.version == 2  # the record
+    assert vault.store.credential("t1", "gcal-1", 1) is None
+    assert vault.store.credential("t1", "gcal-1", 2) is None
+    assert vault.store.access_token("t1", "gcal-1") is None
+    assert vault.store.credential_keys() == [("t1", "stripe-1", 1)]  # the other one stays
+    with pytest.raises(ConnectionUnusable, match="revoked"):
+        vault.replace_credential("t1", "gcal-1", fields)
+    assert vault.rotate_key() == 1
 
 
 def test_rotation_rewraps_every_row_and_old_and_new_both_open(vault: Vault) -> None:

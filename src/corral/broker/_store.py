@@ -11,7 +11,8 @@ Tables (all prefixed ``broker_``):
   A new version is installed by compare-and-swap on ``version``: a refresh that lost a race
   writes nothing.
 - ``credentials``: every sealed credential version (old ones kept until pruned, so a
-  rotated-away refresh token is still readable for the record, never used).
+  rotated-away refresh token is still readable for the record, never used). Revoking a
+  connection deletes all of them: a disconnected account leaves no sealed secret behind.
 - ``access_tokens``: the current sealed OAuth access token of a connection and its expiry.
 - ``refresh_leases``: the database lock that allows one refresh at a time per connection across
   broker replicas; a lease expires, so a crashed holder blocks nobody for long.
@@ -340,19 +341,22 @@ class BrokerStore:
         reason: str | None,
         at: datetime,
     ) -> bool:
+        """Set a connection's status; :attr:`ConnectionStatus.REVOKED` also deletes its access
+        token and every sealed credential version, in the same transaction (the row stays, as
+        the record of the connection)."""
         with self.write("set connection status") as conn:
             done = conn.execute(
                 connections.update()
                 .where(connections.c.tenant == tenant, connections.c.connection_id == connection_id)
                 .values(status=status.value, status_reason=reason, updated_at=at)
             )
-            if status is ConnectionStatus.REVOKED:
-                conn.execute(
-                    access_tokens.delete().where(
-                        access_tokens.c.tenant == tenant,
-                        access_tokens.c.connection_id == connection_id,
+            if status is ConnectionStatus.REVOKED and done.rowcount == 1:
+                for table in (access_tokens, credentials):
+                    conn.execute(
+                        table.delete().where(
+                            table.c.tenant == tenant, table.c.connection_id == connection_id
+                        )
                     )
-                )
         return done.rowcount == 1
 
     def credential(self, tenant: str, connection_id: str, version: int) -> bytes | None:

@@ -9,20 +9,40 @@ Routes (thin: parse, one :class:`~corral.broker.executor.Broker` call, answer):
 - ``POST /revocations``: ``{approval, request}`` → revoke a delegation, agent, tenant or
   connection's delegations, effective on the next call;
 - ``GET /connections?tenant=T``: the tenant's connections, never a secret;
+- ``POST /connections``: ``{approval, request}`` → connect a provider account (201);
+- ``POST /connections/{connection_id}/rotate``: ``{approval, request}`` → replace its
+  credential with new fields (a connection that needs reconnecting is active again);
+- ``POST /connections/{connection_id}/disconnect``: ``{approval, request}`` → revoke the
+  connection's delegations and delete its sealed credential (the row stays, ``revoked``);
 - ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
 
+The three connection routes answer ``{"connection": <public row>, "events", "replayed"}``:
+``events`` are the ``credential.*`` audit events for the caller to append, as the CLI does.
+Control approves each as a call (:func:`~corral.broker.client.connect_call` and its
+siblings) whose document holds the credential's field names and digest, never its values. An
+idempotency key seen before answers with the first answer (``replayed``, no events again); a
+key reused for another request is ``409 idempotency_conflict``. The answer is recorded after
+the change (a refused request leaves nothing behind), so a crash in between lets a request run
+again: connecting a named id or disconnecting is then refused, a rotation installs the same
+fields again; only a connect that names no id would take the next free one.
+
 Errors are RFC 9457 problem documents (``application/problem+json``) naming what is wrong.
-They never carry request values: a validation error says which field, not what it held.
+They never carry request values: a validation error says which field, not what it held, and
+a credential's values (or a field name it does not declare) are never repeated.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -32,14 +52,36 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from corral.broker._store import RevocationKind
-from corral.broker.client import mint_call, revoke_call
+from corral.broker._store import (
+    BrokerStore,
+    ConnectionRow,
+    ConnectionStatus,
+    IntentRow,
+    IntentState,
+    RevocationKind,
+)
+from corral.broker.approval import call_hash
+from corral.broker.client import (
+    connect_call,
+    disconnect_call,
+    mint_call,
+    revoke_call,
+    rotate_call,
+)
 from corral.broker.delegation import DelegationError
 from corral.broker.executor import Broker, Call, CallRefused
 from corral.broker.keys import KeyProviderUnavailable
 from corral.broker.oauth import RefreshBusy
+from corral.broker.vault import (
+    ConnectionUnusable,
+    CredentialMoved,
+    InvalidConnection,
+    InvalidCredential,
+    UnknownConnection,
+)
+from corral.connectors import Endpoints
 from corral.core.clock import format_time
 from corral.core.errors import BrokerError
 from corral.core.problems import problem, validation_detail
@@ -98,6 +140,70 @@ class RevokeBody(_Body):
     request: RevokeRequest
 
 
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"  # the vault's ids (``vault.check_id``)
+_KEY = r"^[0-9A-Za-z_-]{8,50}$"  # an idempotency key, as ``/execute`` takes it
+_URL = r"^https?://\S+$"
+_MAX_FIELDS, _MAX_VALUE = 16, 8192
+
+
+def _credential(fields: dict[str, Any]) -> dict[str, Any]:
+    """Strings of bounded size, valid Unicode; the message never repeats a name or a value."""
+    if len(fields) > _MAX_FIELDS:
+        raise ValueError(f"a credential has at most {_MAX_FIELDS} fields")
+    for name, value in fields.items():
+        if not isinstance(value, str) or len(value) > _MAX_VALUE:
+            raise ValueError(f"credential values must be strings of at most {_MAX_VALUE} chars")
+        try:
+            (name + value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("credential fields must be valid Unicode text") from None
+    return fields
+
+
+Credential = Annotated[dict[str, Any], AfterValidator(_credential)]
+ConnectionId = Annotated[str, PathParam(pattern=_ID)]
+
+
+class ConnectRequest(_Body):
+    tenant: str = Field(pattern=_ID)
+    provider: str = Field(min_length=1, max_length=64)
+    connection_id: str | None = Field(None, pattern=_ID)
+    fields: Credential
+    api_url: str | None = Field(None, max_length=2048, pattern=_URL)
+    token_url: str | None = Field(None, max_length=2048, pattern=_URL)
+    operator: str = Field(pattern=_ID)
+    idempotency_key: str = Field(pattern=_KEY)
+
+
+class ConnectBody(_Body):
+    approval: str
+    request: ConnectRequest
+
+
+class RotateRequest(_Body):
+    tenant: str = Field(pattern=_ID)
+    fields: Credential
+    operator: str = Field(pattern=_ID)
+    idempotency_key: str = Field(pattern=_KEY)
+
+
+class RotateBody(_Body):
+    approval: str
+    request: RotateRequest
+
+
+class DisconnectRequest(_Body):
+    tenant: str = Field(pattern=_ID)
+    reason: str | None = Field(None, max_length=256)
+    operator: str = Field(pattern=_ID)
+    idempotency_key: str = Field(pattern=_KEY)
+
+
+class DisconnectBody(_Body):
+    approval: str
+    request: DisconnectRequest
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -111,6 +217,10 @@ class _Metrics:
         self.minted = Counter(
             "corral_broker_delegations_minted", "Delegations minted", registry=self.registry
         )
+        self.connection_changes = Counter(
+            "corral_broker_connection_changes", "Connections connected, rotated, disconnected",
+            ["action"], registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
             "corral_broker_execute_seconds", "Time in /execute, provider included",
             ["tool"], registry=self.registry,
@@ -204,6 +314,75 @@ def create_app(broker: Broker) -> FastAPI:
         rows = broker.vault.store.connections(tenant)
         return {"tenant": tenant, "connections": [row.public() for row in rows]}
 
+    @app.post("/connections", status_code=201)
+    async def connect(body: ConnectBody) -> dict[str, Any]:
+        request = body.request
+        call = connect_call(request.model_dump(exclude_none=True))
+        _approved(broker, body.approval, call)
+        if (replayed := _replayed(broker.vault.store, call)) is not None:
+            return replayed
+        vault = broker.vault
+        with _refusals():
+            spec = vault.provider(request.provider)
+            endpoints = None
+            if request.api_url or request.token_url:
+                endpoints = Endpoints(
+                    api=request.api_url or spec.endpoints.api,
+                    token=request.token_url or spec.endpoints.token,
+                )
+            connection_id = request.connection_id or _free_id(
+                vault.store, request.tenant, request.provider
+            )
+            if vault.store.connection(request.tenant, connection_id) is not None:
+                raise CallRefused(
+                    409, "connection_exists",
+                    f"tenant {request.tenant!r} already has connection {connection_id!r}",
+                )  # fmt: skip
+            row = vault.connect(
+                request.tenant, connection_id, request.provider, dict(request.fields),
+                endpoints=endpoints,
+            )  # fmt: skip
+        event = _event("credential.connected", row.created_at, request.operator,
+                       {"connection_id": row.connection_id, "provider": row.provider})  # fmt: skip
+        metrics.connection_changes.labels("connect").inc()
+        return _done(broker, call, row, [event])
+
+    @app.post("/connections/{connection_id}/rotate")
+    async def rotate(connection_id: ConnectionId, body: RotateBody) -> dict[str, Any]:
+        request = body.request
+        call = rotate_call(connection_id, request.model_dump(exclude_none=True))
+        _approved(broker, body.approval, call)
+        if (replayed := _replayed(broker.vault.store, call)) is not None:
+            return replayed
+        with _refusals():
+            row = broker.vault.replace_credential(
+                request.tenant, connection_id, dict(request.fields)
+            )
+        data = {"connection_id": connection_id, "provider": row.provider,
+                "reason": f"credential replaced (version {row.version})"}  # fmt: skip
+        metrics.connection_changes.labels("rotate").inc()
+        return _done(broker, call, row, [_event("credential.rotated", row.updated_at,
+                                                request.operator, data)])  # fmt: skip
+
+    @app.post("/connections/{connection_id}/disconnect")
+    async def disconnect(connection_id: ConnectionId, body: DisconnectBody) -> dict[str, Any]:
+        request = body.request
+        call = disconnect_call(connection_id, request.model_dump(exclude_none=True))
+        _approved(broker, body.approval, call)
+        if (replayed := _replayed(broker.vault.store, call)) is not None:
+            return replayed
+        tenant, reason = request.tenant, request.reason
+        with _refusals():
+            current = broker.vault.connection(tenant, connection_id)
+            if current.status is ConnectionStatus.REVOKED:
+                raise ConnectionUnusable(current)
+            row = broker.vault.revoke(tenant, connection_id, reason)
+        broker.revoke(tenant, RevocationKind.CONNECTION, connection_id, reason)
+        data = {"connection_id": connection_id, "provider": row.provider, "reason": reason}
+        metrics.connection_changes.labels("disconnect").inc()
+        return _done(broker, call, row, [_event("credential.revoked", row.updated_at,
+                                                request.operator, data)])  # fmt: skip
+
     return app
 
 
@@ -212,3 +391,65 @@ def _approved(broker: Broker, approval: str, call: dict[str, Any]) -> None:
         broker.approvals.verify(approval, call, broker.clock)
     except BrokerError as exc:
         raise CallRefused(403, "approval_refused", str(exc)) from None
+
+
+# ------------------------------------------------------------------------------ connections
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The vault's refusals as problems; each of them wrote nothing."""
+    try:
+        yield
+    except UnknownConnection as exc:
+        raise CallRefused(404, "unknown_connection", str(exc)) from None
+    except ConnectionUnusable as exc:
+        raise CallRefused(409, f"connection_{exc.row.status.value}", str(exc)) from None
+    except CredentialMoved as exc:
+        raise CallRefused(409, "credential_moved", str(exc)) from None
+    except InvalidCredential as exc:  # never the names it does not know: one may be a key
+        raise CallRefused(400, "invalid_connection", exc.redacted) from None
+    except InvalidConnection as exc:
+        raise CallRefused(400, "invalid_connection", str(exc)) from None
+
+
+def _free_id(store: BrokerStore, tenant: str, provider: str) -> str:
+    """``<provider>-<n>``, the smallest ``n`` none of the tenant's connections (revoked ones
+    included) has."""
+    taken = {row.connection_id for row in store.connections(tenant)}
+    return next(name for n in itertools.count(1) if (name := f"{provider}-{n}") not in taken)
+
+
+def _event(kind: str, at: datetime, operator: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "at": format_time(at), "actor": {"kind": "operator", "id": operator},
+            "data": data}  # fmt: skip
+
+
+def _replayed(store: BrokerStore, call: dict[str, Any]) -> dict[str, Any] | None:
+    """The first answer to this idempotency key, or None if the key is new."""
+    seen = store.intent(call["tenant"], call["idempotency_key"])
+    if seen is None:
+        return None
+    if seen.call_hash != call_hash(call) or seen.state is not IntentState.SUCCEEDED:
+        raise CallRefused(
+            409, "idempotency_conflict", "idempotency_key was used for a different request"
+        )
+    answer: dict[str, Any] = orjson.loads(seen.result or b"{}")
+    return {**answer, "events": [], "replayed": True}
+
+
+def _done(
+    broker: Broker, call: dict[str, Any], row: ConnectionRow, events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Record the answer under the request's idempotency key (after the change: a refused
+    request leaves nothing behind), then answer with the events."""
+    answer = {"connection": row.public()}
+    now = broker.clock.now()
+    broker.vault.store.begin_intent(
+        IntentRow(
+            tenant=row.tenant, idempotency_key=call["idempotency_key"], call_hash=call_hash(call),
+            tool=call["tool"], connection_id=row.connection_id, state=IntentState.SUCCEEDED,
+            result=orjson.dumps(answer).decode("utf-8"), created_at=now, updated_at=now,
+        )
+    )  # fmt: skip
+    return {**answer, "events": events, "replayed": False}

@@ -6,16 +6,37 @@ injectable (``httpx.ASGITransport(app=create_app(...))`` in tests).
 
 A refusal (4xx/5xx problem document) raises :class:`BrokerRefused` with the problem's code
 and detail; an executed call, whatever its outcome, returns the broker's JSON answer.
+
+Every request that changes something carries control's approval of a *call document* built
+from it (:func:`mint_call`, :func:`revoke_call`, :func:`connect_call`, :func:`rotate_call`,
+:func:`disconnect_call`); client and broker build the same document from the same request, so
+control signs exactly what the broker will do.
+
+**Credentials in call documents.** A connect or rotate request carries the credential's fields;
+its call document carries only their names and :func:`credential_digest` of the values, never
+a value. Control builds and signs that document and may keep or log it like any call it
+approves: a secret must not ride along. The digest binds the approval to exactly these values
+as firmly as the values would (change one and the document's hash, so the approval, no longer
+matches). A SHA-256 can be tested against guesses, so it hides a secret as well as the secret
+resists guessing: provider-issued keys and tokens (random, 128 bits or more) do. The tenant is
+hashed with the fields, so the same key connected for two tenants gives unrelated digests.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from corral.core.canonical import canonicalize
 from corral.core.errors import BrokerError
+
+#: The version tag inside :func:`credential_digest`'s hashed document.
+CREDENTIAL_DIGEST_V = "corral.credential.v1"
 
 
 def _control_call(tool: str, request: dict[str, Any], agent: str, sandbox: str) -> dict[str, Any]:
@@ -38,6 +59,49 @@ def mint_call(request: dict[str, Any]) -> dict[str, Any]:
 def revoke_call(request: dict[str, Any]) -> dict[str, Any]:
     """The call document control approves for a ``POST /revocations`` request."""
     return _control_call("delegation.revoke", request, "-", "-")
+
+
+def credential_digest(tenant: str, fields: Mapping[str, str]) -> str:
+    """Hex SHA-256 of the RFC 8785 form of ``{"fields", "tenant", "v"}``: what a call document
+    holds in place of a credential's values (see the module docstring)."""
+    document = {"fields": dict(fields), "tenant": tenant, "v": CREDENTIAL_DIGEST_V}
+    return hashlib.sha256(canonicalize(document)).hexdigest()
+
+
+def _credential_call(
+    tool: str, request: Mapping[str, Any], connection_id: str | None
+) -> dict[str, Any]:
+    skip = ("tenant", "idempotency_key", "connection_id", "fields")
+    args: dict[str, Any] = {k: v for k, v in request.items() if k not in skip and v is not None}
+    fields = request.get("fields")
+    if fields is not None:
+        args["fields"] = sorted(fields)
+        args["fields_sha256"] = credential_digest(request["tenant"], fields)
+    return {
+        "tenant": request.get("tenant"), "agent": "-", "sandbox": "-", "tool": tool,
+        "args": args, "idempotency_key": request.get("idempotency_key"),
+        "connection_id": connection_id, "country": "US",
+    }  # fmt: skip
+
+
+def connect_call(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The call document control approves for a ``POST /connections`` request (tool
+    ``credential.connect``): the connection id (``None``: the broker picks
+    ``<provider>-<n>``), the provider, operator and endpoints as arguments, and the credential
+    as its field names and :func:`credential_digest`, never its values."""
+    return _credential_call("credential.connect", request, request.get("connection_id"))
+
+
+def rotate_call(connection_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The call document for ``POST /connections/{connection_id}/rotate`` (tool
+    ``credential.rotate``): the connection, the operator, the new fields' names and digest."""
+    return _credential_call("credential.rotate", request, connection_id)
+
+
+def disconnect_call(connection_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The call document for ``POST /connections/{connection_id}/disconnect`` (tool
+    ``credential.disconnect``): the connection, the operator and the reason."""
+    return _credential_call("credential.disconnect", request, connection_id)
 
 
 class BrokerRefused(BrokerError):
@@ -112,6 +176,34 @@ class BrokerClient:
 
     async def connections(self, tenant: str) -> dict[str, Any]:
         return await self._request("GET", "/connections", params={"tenant": tenant})
+
+    async def connect(self, approval: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``POST /connections``: ``{"connection": <public row>, "events": [...], "replayed"}``;
+        ``approval`` is control's over :func:`connect_call` of ``request``."""
+        return await self._request(
+            "POST", "/connections", json={"approval": approval, "request": request}
+        )
+
+    async def rotate(
+        self, connection_id: str, approval: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``POST /connections/{connection_id}/rotate``; ``approval`` over :func:`rotate_call`."""
+        return await self._request(
+            "POST",
+            f"/connections/{quote(connection_id, safe='')}/rotate",
+            json={"approval": approval, "request": request},
+        )
+
+    async def disconnect(
+        self, connection_id: str, approval: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``POST /connections/{connection_id}/disconnect``; ``approval`` over
+        :func:`disconnect_call`."""
+        return await self._request(
+            "POST",
+            f"/connections/{quote(connection_id, safe='')}/disconnect",
+            json={"approval": approval, "request": request},
+        )
 
     async def health(self) -> dict[str, Any]:
         return await self._request("GET", "/healthz")

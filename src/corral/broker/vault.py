@@ -15,6 +15,11 @@ local key file and one ``kms:Decrypt`` with AWS KMS. A cache would keep keys in 
 longer than a call; if KMS latency ever matters, a cache bounded in time and size belongs here
 and in ``docs/broker.md``.
 
+**Credential replacement and disconnection.** :meth:`Vault.replace_credential` installs new
+fields as the connection's next version by compare-and-swap (an OAuth refresh racing it loses
+cleanly) and makes a ``needs_reconnect`` connection usable again; :meth:`Vault.revoke` deletes
+every sealed version and the access token, keeping the row as the record.
+
 **Key rotation.** :meth:`Vault.rotate_key` rewraps every data key under the provider's current
 master key, one row at a time: each row holds either the old or the new wrapping, both of which
 open, so the broker keeps serving while it runs (``corral broker rotate-key``).
@@ -23,9 +28,10 @@ open, so the broker keeps serving while it runs (``corral broker rotate-key``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -61,7 +67,34 @@ class ConnectionUnusable(VaultError):
 
 
 class InvalidConnection(VaultError, ValueError):
-    """Bad input to :meth:`Vault.connect` (unknown provider, missing or unknown fields)."""
+    """Bad input to :meth:`Vault.connect` or :meth:`Vault.replace_credential` (unknown provider,
+    missing or unknown fields)."""
+
+
+class InvalidCredential(InvalidConnection):
+    """Fields that are not a credential of the provider. ``str()`` names every missing and
+    unknown field (an operator at a prompt typed them); :attr:`redacted` counts the unknown
+    ones instead, for an API's answer: a name the provider does not declare may be a pasted
+    secret."""
+
+    def __init__(
+        self, provider: str, missing: list[str], unknown: list[str], allowed: tuple[str, ...]
+    ) -> None:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        named, counted = list(problems), list(problems)
+        if unknown:
+            noun = "field" if len(unknown) == 1 else "fields"
+            named.append(f"unknown {', '.join(unknown)}")
+            counted.append(f"{len(unknown)} unknown {noun} (it takes {', '.join(allowed)})")
+        super().__init__(f"{provider} credential: {'; '.join(named)}")
+        self.provider = provider
+        self.missing = missing
+        self.redacted = f"{provider} credential: {'; '.join(counted)}"
+
+
+class CredentialMoved(VaultError):
+    """The connection got a new credential version (a token refresh, another replacement)
+    between reading it and replacing it: nothing was written."""
 
 
 def context_of(tenant: str, connection_id: str) -> EncryptionContext:
@@ -98,19 +131,7 @@ class Vault:
         """Add a connection with its first credential version (sealed before it is stored)."""
         check_id("tenant", tenant)
         check_id("connection id", connection_id)
-        spec = self.provider(provider)
-        missing = [name for name in spec.fields if not fields.get(name)]
-        allowed = set(spec.fields) | set(spec.optional_fields)
-        unknown = sorted(set(fields) - allowed)
-        if missing or unknown:
-            problems = []
-            if missing:
-                problems.append(f"missing {', '.join(missing)}")
-            if unknown:
-                problems.append(f"unknown {', '.join(unknown)}")
-            raise InvalidConnection(f"{provider} credential: {'; '.join(problems)}")
-        if any(not isinstance(value, str) for value in fields.values()):
-            raise InvalidConnection(f"{provider} credential fields must be strings")
+        spec = self.check_fields(provider, fields)
         if self.store.connection(tenant, connection_id) is not None:
             raise InvalidConnection(f"tenant {tenant!r} already has connection {connection_id!r}")
         chosen = endpoints or spec.endpoints
@@ -132,6 +153,24 @@ class Vault:
         )
         self.store.insert_connection(row, sealed)
         return row
+
+    @classmethod
+    def check_fields(cls, provider: str, fields: Mapping[str, Any]) -> Provider:
+        """The provider's declaration if ``fields`` are a credential of it: every required field
+        present and non-empty, no field it does not declare, strings only.
+
+        :class:`InvalidCredential` otherwise (:class:`InvalidConnection` for an unknown provider
+        or a value that is not a string).
+        """
+        spec = cls.provider(provider)
+        missing = [name for name in spec.fields if not fields.get(name)]
+        allowed = (*spec.fields, *spec.optional_fields)
+        unknown = sorted(set(fields) - set(allowed))
+        if missing or unknown:
+            raise InvalidCredential(provider, missing, unknown, allowed)
+        if any(not isinstance(value, str) for value in fields.values()):
+            raise InvalidConnection(f"{provider} credential fields must be strings")
+        return spec
 
     @staticmethod
     def provider(name: str) -> Provider:
@@ -173,8 +212,32 @@ class Vault:
             )
         return rows[0]
 
+    def replace_credential(
+        self, tenant: str, connection_id: str, fields: dict[str, str]
+    ) -> ConnectionRow:
+        """Install ``fields`` (checked against the connection's provider) as the connection's next
+        credential version, making it ``active`` again if it needed reconnecting.
+
+        :class:`UnknownConnection`, :class:`ConnectionUnusable` (revoked),
+        :class:`InvalidConnection` or :class:`CredentialMoved`, each writing nothing.
+        """
+        row = self.connection(tenant, connection_id)
+        if row.status is ConnectionStatus.REVOKED:
+            raise ConnectionUnusable(row)
+        self.check_fields(row.provider, fields)
+        sealed = self.seal_fields(row, fields)
+        if not self.store.swap_credential(
+            tenant, connection_id, row.version, sealed, self.clock.now()
+        ):
+            raise CredentialMoved(
+                f"connection {connection_id!r} of tenant {tenant!r} changed while its credential "
+                "was being replaced (a token refresh or another replacement): try again"
+            )
+        return self.connection(tenant, connection_id)
+
     def revoke(self, tenant: str, connection_id: str, reason: str | None = None) -> ConnectionRow:
-        """Disconnect: no call uses this connection again; its access token is deleted."""
+        """Disconnect: no call uses this connection again; its access token and every sealed
+        credential version are deleted (the row stays, ``revoked``, as the record)."""
         self.connection(tenant, connection_id)
         self.store.set_status(
             tenant, connection_id, ConnectionStatus.REVOKED, reason, self.clock.now()
