@@ -260,19 +260,23 @@ class FakeConnections:
             raise NotFound(cid)
         return row
 
-    async def connect(self, tenant: str, provider: str, fields: Mapping[str, str]) -> None:
+    async def connect(
+        self, tenant: str, provider: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
         self.calls.append(("connect", tenant, provider))
         if self.unavailable:
             raise ActionUnavailable("use `corral broker connect` for now")
         self._add(tenant, f"{provider}-{len(self.rows) + 1}", provider, fields, "active")
 
-    async def rotate(self, tenant: str, connection_id: str, fields: Mapping[str, str]) -> None:
+    async def rotate(
+        self, tenant: str, connection_id: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
         self.calls.append(("rotate", tenant, connection_id))
         row = self._own(tenant, connection_id)
         self.secrets[(tenant, connection_id)] = dict(fields)
         row["status"], row["status_reason"] = "active", None
 
-    async def revoke(self, tenant: str, connection_id: str) -> None:
+    async def revoke(self, tenant: str, connection_id: str, *, operator: str) -> None:
         self.calls.append(("revoke", tenant, connection_id))
         self._own(tenant, connection_id)["status"] = "revoked"
 

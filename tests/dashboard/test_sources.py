@@ -16,10 +16,9 @@ import sqlalchemy as sa
 
 from corral.audit import merkle
 from corral.broker._store import RevocationKind
-from corral.broker.client import BrokerClient
+from corral.broker.client import BrokerClient, BrokerRefused
 from corral.core.ids import SequentialIds
 from corral.dashboard.sources import (
-    ActionUnavailable,
     BrokerConnections,
     ChainActivity,
     InMemoryAgents,
@@ -150,17 +149,17 @@ def test_connection_views_are_the_six_providers() -> None:
 
 def test_broker_connections_through_the_brokers_client(tmp_path: Path) -> None:
     broker = build_broker(tmp_path)
-    disconnected: list[tuple[str, str]] = []
+    vault = broker.broker.vault
+    recorded: list[tuple[str, str, str, dict[str, Any]]] = []
 
-    async def disconnect(tenant: str, cid: str) -> None:
-        disconnected.append((tenant, cid))
+    async def record(tenant: str, events: list[dict[str, Any]]) -> None:
+        recorded.extend((tenant, e["kind"], e["actor"]["id"], e["data"]) for e in events)
 
     async def go() -> None:
         client = BrokerClient(transport=httpx.ASGITransport(app=broker.app))
-        approve = lambda call: broker.control.approve(  # noqa: E731
-            call, approval_id=f"apv-{call['idempotency_key']}", clock=broker.clock
+        source = BrokerConnections(
+            client, approve=broker.approve, ids=SequentialIds(), record=record
         )
-        source = BrokerConnections(client, approve=approve, ids=SequentialIds())
         views = await source.connections(BROKER_TENANT)
         assert [v.status for v in views] == ["connected"] * 6
         assert await source.connections("someone-else") == [
@@ -169,23 +168,41 @@ def test_broker_connections_through_the_brokers_client(tmp_path: Path) -> None:
             )
             for v in views
         ]
-        with pytest.raises(ActionUnavailable, match="agents can no longer use"):
-            await source.revoke(BROKER_TENANT, "stripe-1")
-        found = broker.broker.vault.store.revoked(
-            BROKER_TENANT, [(RevocationKind.CONNECTION, "stripe-1")]
-        )
+        # Revoke: agents lose it at once and the saved credential is deleted.
+        await source.revoke(BROKER_TENANT, "stripe-1", operator="own_lee")
+        found = vault.store.revoked(BROKER_TENANT, [(RevocationKind.CONNECTION, "stripe-1")])
         assert [kind for kind, _, _ in found] == [RevocationKind.CONNECTION]
-        with pytest.raises(NotFound):
-            await source.revoke("someone-else", "stripe-1")
-        with pytest.raises(ActionUnavailable, match="corral broker connect"):
-            await source.connect(BROKER_TENANT, "stripe", {"api_key": "sk_test_x"})
-        with pytest.raises(NotFound):
-            await source.rotate(BROKER_TENANT, "nope-1", {})
-        wired = BrokerConnections(
-            client, approve=approve, ids=SequentialIds(), disconnect=disconnect
-        )
-        await wired.revoke(BROKER_TENANT, "twilio-1")
-        assert disconnected == [(BROKER_TENANT, "twilio-1")]
+        assert vault.store.credential(BROKER_TENANT, "stripe-1", 1) is None
+        assert recorded == [
+            (BROKER_TENANT, "credential.revoked", "own_lee",
+             {"connection_id": "stripe-1", "provider": "stripe", "reason": "revoked by the owner"}),
+        ]  # fmt: skip
+        by_provider = {v.provider: v for v in await source.connections(BROKER_TENANT)}
+        assert by_provider["stripe"].status == "not_connected"
+        for gone in (
+            source.revoke(BROKER_TENANT, "stripe-1", operator="own_lee"),  # revoked already
+            source.revoke("someone-else", "twilio-1", operator="own_lee"),
+            source.rotate(BROKER_TENANT, "nope-1", {"api_key": "sk"}, operator="own_lee"),
+            source.connect(BROKER_TENANT, "fax", {"number": "1"}, operator="own_lee"),
+        ):
+            with pytest.raises(NotFound):
+                await gone
+        # Connect again: a new connection id, sealed in the broker, the form's dict cleared.
+        fields = broker.fakes["stripe"].new_connection()
+        posted = dict(fields)
+        await source.connect(BROKER_TENANT, "stripe", posted, operator="own_lee")
+        assert posted == fields  # the caller's mapping is the caller's
+        assert vault.read_fields(vault.connection(BROKER_TENANT, "stripe-2")) == (1, fields)
+        # Replace a key: a new version; a refusal other than "no such connection" is the broker's.
+        fresh = broker.fakes["twilio"].new_connection()
+        await source.rotate(BROKER_TENANT, "twilio-1", fresh, operator="own_lee")
+        assert vault.read_fields(vault.connection(BROKER_TENANT, "twilio-1")) == (2, fresh)
+        with pytest.raises(BrokerRefused) as refused:
+            await source.rotate(BROKER_TENANT, "twilio-1", {"auth_token": "t"}, operator="o")
+        assert refused.value.status == 400 and refused.value.code == "invalid_connection"
+        assert [kind for _, kind, _, _ in recorded] == [
+            "credential.revoked", "credential.connected", "credential.rotated"]  # fmt: skip
+        assert not [v for v in (*fields.values(), *fresh.values()) if v in repr(recorded)]
         await client.aclose()
 
     try:

@@ -11,6 +11,12 @@ refuses to start.
 :class:`~corral.dashboard.wiring.HostAgents`' join is also tested in process against a
 minimal ASGI app with the same JSON shape as the host's ``GET /sandboxes`` (so it runs without
 bubblewrap); the real ``create_admin_app`` is what ``corral host serve`` serves above.
+
+The Connections page's forms are tested in process against the broker's real app (all six
+providers connected to their fakes), through :class:`BrokerConnections` wired as
+:func:`build_dashboard` wires it: revoke, connect and replace a key, each approved with
+control's key, changing the broker's vault, recorded in the tenant's chain by
+:func:`chain_recorder` in the owner's name, and never echoing a secret.
 """
 
 from __future__ import annotations
@@ -42,18 +48,27 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from corral.audit import AuditChain, AuditKeys, LocalAnchorStore, LogStore
-from corral.audit.entries import parse_entry
+from corral.audit.entries import UnknownEntry, parse_entry
+from corral.broker.client import BrokerClient
 from corral.core import serving
 from corral.core.clock import ManualClock, format_time
 from corral.core.errors import ConfigError
 from corral.core.ids import SequentialIds
 from corral.core.settings import load_settings
-from corral.dashboard.sources import NotFound
+from corral.dashboard import DashboardSettings, Sources, create_dashboard, mount
+from corral.dashboard.sources import (
+    BrokerConnections,
+    ChainActivity,
+    ChainAudit,
+    ControlApprovals,
+    NotFound,
+)
 from corral.dashboard.wiring import (
     HOST_NOT_RUNNING,
     HostAdmin,
     HostAgents,
     HostNotRunning,
+    chain_recorder,
     dashboard_only,
     default_catalog,
     policy_context,
@@ -61,7 +76,9 @@ from corral.dashboard.wiring import (
 )
 from corral.supervisor.policy import load_policy
 from corral.templates import Activations, ActivationStore, Catalog
+from tests.broker._world import build_world as build_broker
 from tests.conftest import need_service
+from tests.dashboard import _world as dash_world
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "brightsmile"
@@ -596,3 +613,96 @@ def test_host_agents_without_a_catalog_still_list_the_agents(tmp_path: Path) -> 
         asyncio.run(go())
     finally:
         world.close()
+
+
+def test_the_connections_page_revokes_connects_and_replaces_through_the_broker(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "dashboard").mkdir()
+    (tmp_path / "broker").mkdir()
+    dash = dash_world.build_world(tmp_path / "dashboard")
+    broker = build_broker(tmp_path / "broker")
+    vault, store = broker.broker.vault, broker.broker.vault.store
+    tenant = dash_world.A
+    assert tenant == "brightsmile"  # the broker's world connects its six providers for it
+    owner = dash.owners.authenticate(tenant, dash_world.EMAIL[tenant], dash_world.PASSWORD[tenant])
+    assert owner is not None
+    twilio = broker.fakes["twilio"].new_connection()
+    stripe = broker.fakes["stripe"].new_connection()
+    secrets = [v for v in (*twilio.values(), *stripe.values()) if len(v) >= 8]
+    seen: list[str] = []
+
+    async def go() -> None:
+        client = BrokerClient(transport=httpx.ASGITransport(app=broker.app))
+        ids = SequentialIds()
+        context_for = dash_world.context_for
+        sources = Sources(
+            activity=ChainActivity(dash.chain, context_for=context_for),
+            approvals=ControlApprovals(dash.control, context_for=context_for),
+            connections=BrokerConnections(
+                client, approve=broker.approve, ids=ids, record=chain_recorder(dash.chain, ids)
+            ),
+            agents=dash.agents,
+            audit=ChainAudit(dash.chain),
+        )
+        settings = DashboardSettings(
+            database_url="sqlite:///unused",
+            tenant_names=dash_world.NAMES,
+            timezones=dash_world.ZONES,
+        )
+        app = FastAPI()
+        mount(app, create_dashboard(sources, settings, clock=dash.clock, owners=dash.owners))
+        browser = dash_world.Client(app)
+        assert (await browser.login(tenant)).status_code == 303
+        page = await browser.get("/connections")
+        assert page.text.count('data-status="connected"') == 6
+
+        revoked = await browser.post("/connections/revoke/twilio-1")
+        assert revoked.status_code == 303, revoked.text
+        page = await browser.get("/connections?done=revoke")
+        assert 'data-provider="twilio" data-status="not_connected"' in page.text
+        seen.append(page.text)
+
+        form = {f"cred_{name}": value for name, value in twilio.items()}
+        hx = {"HX-Request": "true"}
+        connected = await browser.post("/connections/connect/twilio", form, headers=hx)
+        assert connected.status_code == 200 and "Connected." in connected.text
+        assert 'data-provider="twilio" data-status="connected"' in connected.text
+        assert "twilio-2" in connected.text
+        seen.append(connected.text)
+
+        replaced = await browser.post(
+            "/connections/rotate/stripe-1", {"cred_api_key": stripe["api_key"]}
+        )
+        assert replaced.status_code == 303, replaced.text
+        seen.append((await browser.get("/connections?done=rotate")).text)
+        # The key now in the vault is the one the next call uses.
+        paid = await broker.execute(
+            "stripe.create_payment_intent", {"amount": 4200, "currency": "usd"}
+        )
+        assert paid.json()["status"] == "succeeded"
+        fake: Any = broker.fakes["stripe"]
+        assert [pi["amount"] for pi in fake.payment_intents(stripe["api_key"])] == [4200]
+
+        activity = await browser.get("/activity")
+        assert "connection twilio-2" in activity.text
+        seen.append(activity.text)
+        await browser.aclose()
+        await client.aclose()
+
+    try:
+        asyncio.run(go())
+        row = vault.connection(tenant, "twilio-1")
+        assert row.status.value == "revoked" and store.credential(tenant, "twilio-1", 1) is None
+        assert vault.read_fields(vault.connection(tenant, "twilio-2")) == (1, twilio)
+        assert vault.read_fields(vault.connection(tenant, "stripe-1")) == (2, stripe)
+        leaves = dash.log(tenant)
+        entries = [e for e in map(parse_entry, leaves[-3:]) if not isinstance(e, UnknownEntry)]
+        assert [e.kind for e in entries] == [
+            "credential.revoked", "credential.connected", "credential.rotated"]  # fmt: skip
+        assert {(e.actor.kind, e.actor.id) for e in entries} == {("operator", owner.owner_id)}
+        said = [*seen, *(leaf.decode("utf-8", "replace") for leaf in leaves)]
+        assert not [s for s in secrets if any(s in text for text in said)]
+    finally:
+        broker.close()
+        dash.close()

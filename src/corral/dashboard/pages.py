@@ -486,7 +486,9 @@ def router(pages: Pages) -> APIRouter:
 
         async def run() -> None:
             try:
-                await sources.connections.connect(session.tenant, provider, fields)
+                await sources.connections.connect(
+                    session.tenant, provider, fields, operator=session.owner_id
+                )
             finally:
                 fields.clear()
 
@@ -500,7 +502,9 @@ def router(pages: Pages) -> APIRouter:
 
         async def run() -> None:
             try:
-                await sources.connections.rotate(session.tenant, connection_id, fields)
+                await sources.connections.rotate(
+                    session.tenant, connection_id, fields, operator=session.owner_id
+                )
             finally:
                 fields.clear()
 
@@ -512,7 +516,9 @@ def router(pages: Pages) -> APIRouter:
         await own_connection(request, session, connection_id)
 
         async def run() -> None:
-            await sources.connections.revoke(session.tenant, connection_id)
+            await sources.connections.revoke(
+                session.tenant, connection_id, operator=session.owner_id
+            )
 
         return await connection_action(request, session, "revoke", run)
 

@@ -59,7 +59,13 @@ from corral.audit.entries import (
 from corral.audit.keys import log_origin
 from corral.audit.prose import ERASED, Personal, RenderContext, render_timeline
 from corral.audit.store import StoredCheckpoint
-from corral.broker.client import BrokerClient, revoke_call
+from corral.broker.client import (
+    BrokerClient,
+    BrokerRefused,
+    connect_call,
+    disconnect_call,
+    rotate_call,
+)
 from corral.connectors import providers
 from corral.core.errors import CorralError
 from corral.core.ids import IdSource
@@ -265,11 +271,24 @@ class ConnectionsSource(Protocol):
         """The six providers, in :data:`PROVIDERS` order."""
         ...
 
-    async def connect(self, tenant: str, provider: str, fields: Mapping[str, str]) -> None: ...
+    async def connect(
+        self, tenant: str, provider: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
+        """Connect the provider's account with the credential ``fields``; ``operator`` (the
+        signed-in owner) is who the audit chain says did it."""
+        ...
 
-    async def rotate(self, tenant: str, connection_id: str, fields: Mapping[str, str]) -> None: ...
+    async def rotate(
+        self, tenant: str, connection_id: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
+        """Replace the connection's credential (reconnecting it if it needed that);
+        :class:`NotFound` if the tenant has no such connection."""
+        ...
 
-    async def revoke(self, tenant: str, connection_id: str) -> None: ...
+    async def revoke(self, tenant: str, connection_id: str, *, operator: str) -> None:
+        """Disconnect: agents lose the account on their next call and the saved credential is
+        deleted; :class:`NotFound` if the tenant has no such connection."""
+        ...
 
 
 # ------------------------------------------------------------------------------------- agents
@@ -851,9 +870,8 @@ class ControlApprovals:
 
 # ---------------------------------------------------------------------------- connections impl
 
-ConnectFn = Callable[[str, str, Mapping[str, str]], Awaitable[None]]
-RotateFn = Callable[[str, str, Mapping[str, str]], Awaitable[None]]
-DisconnectFn = Callable[[str, str], Awaitable[None]]
+RecordFn = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+"""Append the broker's audit events (``corral.broker.to_entries`` form) to a tenant's chain."""
 
 
 def provider_fields(provider: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -912,14 +930,24 @@ def _time(value: object) -> datetime | None:
         return None
 
 
+#: Refusals meaning "this tenant has no such connection in use" (revoked ones are not shown).
+_GONE = frozenset({"unknown_connection", "connection_revoked"})
+
+
 class BrokerConnections:
-    """Connections through the broker's client. The broker's HTTP API lists connections and
-    revokes (with control's signed approval) every delegation of a connection; connecting,
-    rotating and deleting a saved credential are not in that API yet, so they are injected
-    (``connect``, ``rotate``, ``disconnect``) and raise :class:`ActionUnavailable` otherwise.
+    """Connections through the broker's HTTP API: listed with ``GET /connections``; connected,
+    replaced and revoked with ``POST /connections``, ``POST /connections/{id}/rotate`` and
+    ``POST /connections/{id}/disconnect``. Each change carries control's signed approval of
+    its call document (:func:`~corral.broker.client.connect_call` and its siblings: the
+    credential's field names and digest, never its values). Revoking deletes the saved
+    credential and revokes every delegation of the connection, effective on the next call.
 
     ``approve`` signs control's approval of a call document (an
-    :class:`~corral.broker.approval.ApprovalSigner` bound to control's clock).
+    :class:`~corral.broker.approval.ApprovalSigner` bound to control's clock); ``ids`` makes
+    each request's idempotency key; ``record`` appends the ``credential.*`` events the broker
+    answers with to the tenant's audit chain (as ``corral broker connect`` and ``revoke`` do).
+    A connection the broker does not know for the tenant, or no longer uses, is
+    :class:`NotFound`; any other refusal is the client's :class:`BrokerRefused`.
     """
 
     def __init__(
@@ -928,65 +956,60 @@ class BrokerConnections:
         *,
         approve: Callable[[dict[str, Any]], str],
         ids: IdSource,
-        connect: ConnectFn | None = None,
-        rotate: RotateFn | None = None,
-        disconnect: DisconnectFn | None = None,
+        record: RecordFn,
     ) -> None:
         self._client = client
         self._approve = approve
         self._ids = ids
-        self._connect = connect
-        self._rotate = rotate
-        self._disconnect = disconnect
+        self._record = record
 
     async def connections(self, tenant: str) -> list[ConnectionView]:
         answer = await self._client.connections(tenant)
         rows = [r for r in answer.get("connections", []) if r.get("tenant") == tenant]
         return connection_views(rows)
 
-    async def _own(self, tenant: str, connection_id: str) -> None:
-        answer = await self._client.connections(tenant)
-        if not any(
-            r.get("tenant") == tenant and r.get("connection_id") == connection_id
-            for r in answer.get("connections", [])
-        ):
-            raise NotFound(f"no connection {connection_id!r}")
+    async def _changed(self, tenant: str, connection_id: str | None, sent: Awaitable[Any]) -> None:
+        try:
+            answer = await sent
+        except BrokerRefused as exc:
+            if connection_id is not None and exc.code in _GONE:
+                raise NotFound(f"no connection {connection_id!r}") from None
+            raise
+        await self._record(tenant, list(answer.get("events") or []))
 
-    async def connect(self, tenant: str, provider: str, fields: Mapping[str, str]) -> None:
+    async def connect(
+        self, tenant: str, provider: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
         if provider not in PROVIDERS:
             raise NotFound(f"no provider {provider!r}")
-        if self._connect is None:
-            raise ActionUnavailable(
-                f"connecting {PROVIDERS[provider]} from the dashboard is not available on this "
-                f"deployment: use `corral broker connect {provider} --tenant {tenant}`"
-            )
-        await self._connect(tenant, provider, fields)
+        credential = dict(fields)
+        request = {"tenant": tenant, "provider": provider, "fields": credential,
+                   "operator": operator, "idempotency_key": self._ids.new("connect")}  # fmt: skip
+        try:
+            approval = self._approve(connect_call(request))
+            await self._changed(tenant, None, self._client.connect(approval, request))
+        finally:
+            credential.clear()
 
-    async def rotate(self, tenant: str, connection_id: str, fields: Mapping[str, str]) -> None:
-        await self._own(tenant, connection_id)
-        if self._rotate is None:
-            raise ActionUnavailable(
-                "replacing a credential from the dashboard is not available on this deployment: "
-                f"use `corral broker connect --tenant {tenant} --connection-id {connection_id}`"
-            )
-        await self._rotate(tenant, connection_id, fields)
+    async def rotate(
+        self, tenant: str, connection_id: str, fields: Mapping[str, str], *, operator: str
+    ) -> None:
+        credential = dict(fields)
+        request = {"tenant": tenant, "fields": credential, "operator": operator,
+                   "idempotency_key": self._ids.new("rotate")}  # fmt: skip
+        try:
+            approval = self._approve(rotate_call(connection_id, request))
+            sent = self._client.rotate(connection_id, approval, request)
+            await self._changed(tenant, connection_id, sent)
+        finally:
+            credential.clear()
 
-    async def revoke(self, tenant: str, connection_id: str) -> None:
-        await self._own(tenant, connection_id)
-        request = {
-            "tenant": tenant,
-            "kind": "connection",
-            "value": connection_id,
-            "reason": "revoked by the owner",
-            "idempotency_key": self._ids.new("revoke"),
-        }
-        await self._client.revoke(self._approve(revoke_call(request)), request)
-        if self._disconnect is None:
-            raise ActionUnavailable(
-                "agents can no longer use this connection; deleting the saved credential needs "
-                f"`corral broker revoke --tenant {tenant} --connection {connection_id}`"
-            )
-        await self._disconnect(tenant, connection_id)
+    async def revoke(self, tenant: str, connection_id: str, *, operator: str) -> None:
+        request = {"tenant": tenant, "reason": "revoked by the owner", "operator": operator,
+                   "idempotency_key": self._ids.new("disconnect")}  # fmt: skip
+        approval = self._approve(disconnect_call(connection_id, request))
+        sent = self._client.disconnect(connection_id, approval, request)
+        await self._changed(tenant, connection_id, sent)
 
 
 # --------------------------------------------------------------------------------- agents impl

@@ -10,18 +10,20 @@ browser's port reaches the dashboard and its CSRF-protected forms, never the ope
   :class:`~corral.dashboard.sources.ChainAudit` over control's chain, the prose in each tenant's
   policy time zone and country.
 - Approvals: :class:`~corral.dashboard.sources.ControlApprovals` over the :class:`Control`.
-- Connections: :class:`~corral.dashboard.sources.BrokerConnections` over the broker's client,
-  revocations approved by control's key. The broker's API has no routes to connect, replace
-  or delete a credential, so those are left unset and the page points to the CLI.
+- Connections: :class:`~corral.dashboard.sources.BrokerConnections` over the broker's client:
+  connect, replace and revoke (which deletes the saved credential) approved by control's key,
+  the ``credential.*`` events the broker answers with appended to the tenant's chain
+  (:func:`chain_recorder`), naming the signed-in owner as the operator.
 - Agents: :class:`HostAgents`, the host's ``GET /sandboxes`` joined with the activations of
   :mod:`corral.templates`; the page says so when the host is not running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,9 +39,10 @@ import corral
 from corral.audit.chain import AuditChain
 from corral.audit.prose import ProseError, RenderContext
 from corral.broker.client import BrokerClient
+from corral.broker.events import to_entries
 from corral.core.clock import Clock, parse_time
 from corral.core.errors import ConfigError
-from corral.core.ids import RandomIds
+from corral.core.ids import IdSource, RandomIds
 from corral.core.settings import Settings
 from corral.dashboard.app import create_dashboard
 from corral.dashboard.auth import OwnerStore
@@ -80,8 +83,10 @@ __all__ = [
     "HostNotRunning",
     "WiredDashboard",
     "build_dashboard",
+    "chain_recorder",
     "dashboard_only",
     "default_catalog",
+    "open_activations",
     "policy_context",
     "tenant_zones",
 ]
@@ -144,6 +149,22 @@ def policy_context(
             return RenderContext()
 
     return context_for
+
+
+# ------------------------------------------------------------------------------- broker
+
+
+def chain_recorder(
+    chain: AuditChain, ids: IdSource
+) -> Callable[[str, list[dict[str, Any]]], Awaitable[None]]:
+    """``record(tenant, events)``: append the broker's events to the tenant's audit chain
+    (:func:`corral.broker.to_entries`) and return once they are durable."""
+
+    async def record(tenant: str, events: list[dict[str, Any]]) -> None:
+        futures = chain.sequencer.submit_many(tenant, to_entries(events, tenant, ids))
+        await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+
+    return record
 
 
 # ---------------------------------------------------------------------------------- host
@@ -467,7 +488,8 @@ def default_catalog() -> Path | None:
 
 @dataclass
 class WiredDashboard:
-    """The dashboard app and what it holds open; :meth:`aclose` when control stops."""
+    """The dashboard app and what it holds open; :meth:`aclose` when control stops (the
+    activations are the caller's, who closes them)."""
 
     app: FastAPI
     sources: Sources
@@ -478,11 +500,12 @@ class WiredDashboard:
     async def aclose(self) -> None:
         await self.host.aclose()
         self.owners.close()
-        if self.activations is not None:
-            self.activations.store.close()
 
 
-def _activations(settings: Settings, chain: AuditChain, clock: Clock) -> Activations | None:
+def open_activations(settings: Settings, chain: AuditChain, clock: Clock) -> Activations | None:
+    """Control's template activations: the catalog ``dashboard.template_catalog`` (default
+    :func:`default_catalog`), the store ``<data>/control/templates.db``, changes appended to
+    ``chain``; ``None`` when there is no catalog. The caller closes ``activations.store``."""
     configured = settings.dashboard.template_catalog
     if configured is not None and not configured.is_dir():
         raise ConfigError(f"dashboard.template_catalog {configured} is not a directory")
@@ -503,10 +526,12 @@ def build_dashboard(
     broker: BrokerClient,
     approver: Approver,
     clock: Clock,
+    activations: Activations | None,
     host: HostAdmin | None = None,
 ) -> WiredDashboard:
     """The dashboard of ``corral control`` over its chain, supervisor and broker client, the
-    host's admin socket and the template activations (``<data>/control/templates.db``)."""
+    host's admin socket and the template activations (:func:`open_activations`, or ``None``
+    for none)."""
     options = settings.dashboard
     zones = tenant_zones(dict(options.timezones), control.policies)
     context_for = policy_context(zones, control.policies)
@@ -518,12 +543,14 @@ def build_dashboard(
         policy = control.policies.get(tenant)
         return policy.agents if policy is not None else {}
 
-    activations = _activations(settings, chain, clock)
     host = host or HostAdmin(settings.host_socket)
+    ids = RandomIds(clock)
     sources = Sources(
         activity=ChainActivity(chain, context_for=context_for),
         approvals=ControlApprovals(control, context_for=context_for),
-        connections=BrokerConnections(broker, approve=approve, ids=RandomIds(clock)),
+        connections=BrokerConnections(
+            broker, approve=approve, ids=ids, record=chain_recorder(chain, ids)
+        ),
         agents=HostAgents(host, activations, clock=clock, roles=roles),
         audit=ChainAudit(chain),
     )
