@@ -49,7 +49,20 @@ def test_every_kind_round_trips() -> None:
         actor=Actor(kind="operator", id="owner"),
         data=entries.CredentialData(connection_id="conn-1", provider="stripe", reason="closed"),
     )
-    every = [entry for entry, _ in DAY] + [revoked]
+    notice = entries.TemplateNotice(
+        id="ent_n",
+        tenant="brightsmile",
+        at=AT,
+        actor=Actor(kind="system", id="corral-templates"),
+        data=entries.TemplateNoticeData(
+            activation_id="act_1",
+            template="dental-front-desk",
+            version="1.0.0",
+            notice="sunsetting",
+            sunset_at=AT + timedelta(days=10),
+        ),
+    )
+    every = [entry for entry, _ in DAY] + [revoked, notice]
     assert {entry.kind for entry in every} == set(entries.ENTRY_KINDS)
     for entry in every:
         leaf = entry.leaf()

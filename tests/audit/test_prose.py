@@ -49,6 +49,8 @@ from corral.audit.entries import (
     SandboxStopped,
     TemplateActivated,
     TemplateActivatedData,
+    TemplateNotice,
+    TemplateNoticeData,
     UnknownEntry,
     Verdict,
     seal,
@@ -337,6 +339,17 @@ def golden_log() -> list[tuple[Entry, Personal]]:
     log.add(TemplateActivated, "03-09T17:10", SYSTEM, TemplateActivatedData(
         activation_id="act_2", template="dental-receptionist", version="1.2.1",
         content_hash="sha256:cd34", automatic=True))
+    # Template maintenance: a coming sunset, one past, and a deprecation without a date.
+    log.add(TemplateNotice, "03-09T17:15", SYSTEM, TemplateNoticeData(
+        activation_id="act_1", template="dental-receptionist", version="1.2.0",
+        notice="sunsetting", deprecated_at=t("03-01T00:00"), sunset_at=t("03-20T00:00"),
+        replacement="2.0.0"))
+    log.add(TemplateNotice, "03-09T17:16", SYSTEM, TemplateNoticeData(
+        activation_id="act_3", template="dental-billing", version="0.9.0", notice="sunset",
+        sunset_at=t("03-01T08:00")))
+    log.add(TemplateNotice, "03-09T17:17", SYSTEM, TemplateNoticeData(
+        activation_id="act_4", template="dental-follow-up", version="1.0.0",
+        notice="deprecated", deprecated_at=t("03-05T00:00"), replacement="1.1.0"))
     log.items.append((UnknownEntry(v=2, kind="payroll.run", raw={
         "v": 2, "kind": "payroll.run", "id": "e90", "tenant": TENANT,
         "at": "2026-03-09T18:00:00.000000Z", "actor": {"kind": "system", "id": "corral"}}), None))
@@ -419,7 +432,7 @@ def test_public_names() -> None:
         "render_timeline",
     }
     assert all(hasattr(prose, name) for name in prose.__all__)
-    assert RENDERER_VERSION == "1" and isinstance(RENDERER_VERSION, str)
+    assert RENDERER_VERSION == "2" and isinstance(RENDERER_VERSION, str)
 
 
 # ---------------------------------------------------------------------------- wording
@@ -907,6 +920,19 @@ KNOWN = st.one_of(
             version=NAMES,
             content_hash=NAMES,
             automatic=st.booleans(),
+        ),
+    ),
+    _entry(
+        TemplateNotice,
+        st.builds(
+            TemplateNoticeData,
+            activation_id=NAMES,
+            template=NAMES,
+            version=NAMES,
+            notice=st.sampled_from(["deprecated", "sunsetting", "sunset"]),
+            deprecated_at=st.none() | INSTANTS,
+            sunset_at=st.none() | INSTANTS,
+            replacement=st.none() | NAMES,
         ),
     ),
     _entry(

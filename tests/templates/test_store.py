@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,11 @@ from corral.templates import (
     ActivationStore,
     Catalog,
     CorruptActivation,
+    Notice,
+    NoticeKind,
+    NoticeRecord,
     activation_entry,
+    notice_entry,
 )
 from tests.audit._backends import (
     StoreUrl,
@@ -195,3 +199,42 @@ def test_sqlite_in_memory_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="needs an SQLite file"):
         ActivationStore.from_url("sqlite://")
+
+
+def _notice(tenant: str = "brightsmile", n: int = 1, version: str = "1.0.0") -> NoticeRecord:
+    sunset = datetime(2026, 11, 12, tzinfo=UTC)
+    notice = Notice(activation_id=f"act_{n}", tenant=tenant, template=NAME, version=version,
+                    kind=NoticeKind.SUNSETTING, deprecated_at=None, sunset_at=sunset,
+                    replacement="1.1.0")  # fmt: skip
+    entry = notice_entry(notice, entry_id=f"ent_n{n}", at=T0)
+    return NoticeRecord(activation_id=notice.activation_id, tenant=tenant, template=NAME,
+                        version=version, notice="sunsetting", sunset_at=sunset, at=T0,
+                        entry=entry)  # fmt: skip
+
+
+def test_notices_round_trip_once_per_activation_and_date(
+    store: ActivationStore, store_url: StoreUrl
+) -> None:
+    given = _notice()
+    with store.change() as change:
+        assert change.notice("act_1", given.sunset_at) is None
+        change.insert_notice(given)
+        change.insert_notice(_notice("other", n=2))
+    with store.change() as change:
+        assert change.notice("act_1", given.sunset_at) == given
+        assert change.notice("act_1", given.sunset_at + timedelta(days=1)) is None
+    assert store.notices() == [given, _notice("other", n=2)]
+    assert store.notices("brightsmile") == [given]
+    with pytest.raises(ActivationConflict, match="already given"), store.change() as change:
+        change.insert_notice(given)
+    assert len(store.notices()) == 2
+    with store.engine.begin() as conn:  # a notice row edited behind corral's back
+        conn.execute(
+            sa.text(f"UPDATE {_prefix(store_url)}template_notices SET version = '0.9.0' "
+                    "WHERE tenant = 'other'")
+        )  # fmt: skip
+    with pytest.raises(CorruptActivation, match=(
+        r"template_notices row 'act_2' \(tenant 'other', sunset_at 2026-11-12 00:00:00\+00:00\): "
+        r"version is '0.9.0' but its audit entry ent_n2 says '1.0.0'"
+    )):  # fmt: skip
+        store.notices()

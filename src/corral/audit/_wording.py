@@ -177,6 +177,19 @@ EN: Table = {
                        "(activation {id}).",
     "template.auto": "{actor} automatically applied version {version} of the agent setup "
                      "{template} (activation {id}).",
+    "template.deprecated": "{actor} gave notice that version {version} of the agent setup "
+                           "{template} is deprecated (activation {id}).{newest}",
+    "template.sunsetting": ("{actor} gave notice that version {version} of the agent setup "
+                            "{template} will be retired on {date} (activation {id}).{newest}",
+                            "{actor} gave notice that version {version} of the agent setup "
+                            "{template} will be retired soon (activation {id}).{newest}"),
+    "template.sunset": ("{actor} gave notice that version {version} of the agent setup "
+                        "{template} was retired on {date} and can no longer be switched on "
+                        "(activation {id}).{newest}",
+                        "{actor} gave notice that version {version} of the agent setup "
+                        "{template} was retired and can no longer be switched on (activation "
+                        "{id}).{newest}"),
+    "newest": " The newest version is {text}.",
     "sandbox.started": "{actor} started agent {agent} in sandbox {id} ({backend}{isolation}).",
     "sandbox.stopped": "{actor} stopped agent {agent}'s sandbox {id}{exit}.{reason}",
     "unknown": ("Something of kind {kind} was recorded by {actor_obj}; this version of corral "
@@ -357,6 +370,19 @@ ES: Table = {
                        "{template} (activación {id}).",
     "template.auto": "{actor} aplicó automáticamente la versión {version} de la configuración "
                      "de agente {template} (activación {id}).",
+    "template.deprecated": "{actor} avisó de que la versión {version} de la configuración de "
+                           "agente {template} está obsoleta (activación {id}).{newest}",
+    "template.sunsetting": ("{actor} avisó de que la versión {version} de la configuración de "
+                            "agente {template} se retirará el {date} (activación {id}).{newest}",
+                            "{actor} avisó de que la versión {version} de la configuración de "
+                            "agente {template} se retirará pronto (activación {id}).{newest}"),
+    "template.sunset": ("{actor} avisó de que la versión {version} de la configuración de "
+                        "agente {template} se retiró el {date} y ya no puede activarse "
+                        "(activación {id}).{newest}",
+                        "{actor} avisó de que la versión {version} de la configuración de "
+                        "agente {template} se retiró y ya no puede activarse (activación "
+                        "{id}).{newest}"),
+    "newest": " La versión más reciente es la {text}.",
     "sandbox.started": "{actor} inició el agente {agent} en el entorno aislado {id} "
                        "({backend}{isolation}).",
     "sandbox.stopped": "{actor} detuvo el entorno aislado {id} del agente {agent}{exit}.{reason}",

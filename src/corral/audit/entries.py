@@ -78,6 +78,8 @@ __all__ = [
     "SandboxStopped",
     "TemplateActivated",
     "TemplateActivatedData",
+    "TemplateNotice",
+    "TemplateNoticeData",
     "UnknownEntry",
     "Verdict",
     "parse_entry",
@@ -207,6 +209,19 @@ class TemplateActivatedData(_Model):
     automatic: bool = False
 
 
+class TemplateNoticeData(_Model):
+    """Notice given that an activation's pinned version is deprecated, sunsets soon, or has
+    sunset (``corral.templates.maintenance``); ``replacement`` is the newest release to move to."""
+
+    activation_id: _Name
+    template: _Name
+    version: _Name
+    notice: Literal["deprecated", "sunsetting", "sunset"]
+    deprecated_at: Timestamp | None = None
+    sunset_at: Timestamp | None = None
+    replacement: _Name | None = None
+
+
 class OperatorDecisionData(_Model):
     call_id: _Name
     escalation_id: _Name | None = None
@@ -285,6 +300,11 @@ class TemplateActivated(_EntryBase):
     data: TemplateActivatedData
 
 
+class TemplateNotice(_EntryBase):
+    kind: Literal["template.notice"] = "template.notice"
+    data: TemplateNoticeData
+
+
 class OperatorDecision(_EntryBase):
     kind: Literal["operator.decision"] = "operator.decision"
     data: OperatorDecisionData
@@ -310,6 +330,7 @@ KnownEntry = Annotated[
     | CredentialRotated
     | CredentialRevoked
     | TemplateActivated
+    | TemplateNotice
     | OperatorDecision
     | SandboxStarted
     | SandboxStopped,
@@ -327,6 +348,7 @@ ENTRY_KINDS: tuple[str, ...] = (
     "credential.rotated",
     "credential.revoked",
     "template.activated",
+    "template.notice",
     "operator.decision",
     "sandbox.started",
     "sandbox.stopped",

@@ -82,6 +82,7 @@ from corral.audit.entries import (
     SandboxStarted,
     SandboxStopped,
     TemplateActivated,
+    TemplateNotice,
     UnknownEntry,
     Verdict,
 )
@@ -102,7 +103,7 @@ __all__ = [
 ]
 
 #: Recorded with rendered text: same entries + same version -> byte-identical prose.
-RENDERER_VERSION: Final = "1"
+RENDERER_VERSION: Final = "2"  # 2: template.notice entries are told, no longer "unknown"
 
 
 class ProseError(AuditError, ValueError):
@@ -648,6 +649,19 @@ class _Voice:
                     template=self.quote(tpl.template, 80),
                     id=_clean(tpl.activation_id),
                 )
+            case TemplateNotice():
+                notice = entry.data
+                values = {
+                    "actor": self.actor(entry.actor),
+                    "version": _clean(notice.version),
+                    "template": self.quote(notice.template, 80),
+                    "id": _clean(notice.activation_id),
+                    "newest": self.fragment("newest", notice.replacement, quoted=False),
+                }
+                if (local := self.local(notice.sunset_at)) is not None:
+                    words = str(self.words["due"])
+                    values["date"] = format_date(local.date(), words, locale=self.locale)
+                return self.say(f"template.{notice.notice}", **values)
             case SandboxStarted() | SandboxStopped():
                 box, key = entry.data, "sandbox." + entry.kind.rsplit(".", 1)[1]
                 values = {

@@ -43,6 +43,7 @@ __all__ = [
     "HostLimitsSettings",
     "HostSettings",
     "Settings",
+    "TemplatesSettings",
     "UpSettings",
     "load_settings",
 ]
@@ -273,6 +274,21 @@ class HostSettings(_Section):
         return self
 
 
+class TemplatesSettings(_Section):
+    """Template maintenance in ``corral control`` (``docs/templates.md``): every
+    ``maintain_every_s`` seconds (the first round at start), at the time control decides on,
+    the automatic upgrades (security patches) are applied and notice is recorded in the audit
+    chain, once per activation and date, of each pinned version that sunsets within
+    ``warn_days`` or has sunset. The catalog and the activations are the dashboard's
+    (``dashboard.template_catalog``, ``dashboard.templates_database_url``).
+    """
+
+    maintain_every_s: float = Field(
+        3600.0, gt=0, description="seconds between maintenance rounds (upgrades and notices)"
+    )
+    warn_days: int = Field(14, ge=0, le=366, description="notice is given this close to a sunset")
+
+
 class ControlClockSettings(_Section):
     """Simulated time for control's decisions (``corral demo`` only, see ``docs/demo.md``).
 
@@ -315,6 +331,7 @@ class Settings(BaseSettings):
     control: ControlSettings = ControlSettings()
     host: HostSettings = HostSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    templates: TemplatesSettings = TemplatesSettings()
     up: UpSettings = UpSettings()
 
     @field_validator("deployment")

@@ -1,22 +1,26 @@
 """``python -m corral.demo.control``: ``corral control`` on the demo's accelerated clock.
 
 The supervisor reads the time of day (quiet hours, daily caps, 24-hour windows), so a day in
-seconds needs control's decisions on simulated time. ``corral control serve``
-(:mod:`corral.supervisor.serve`) builds its service on the real clock, so this launcher builds
-the same service — the same ledger, audit chain, policies, dispatcher and API — with one change:
-the decisions' clock is an :class:`~corral.core.clock.AcceleratedClock` from the settings'
-``up.control_clock`` (``CORRAL_UP__CONTROL_CLOCK__START``, ``..._FACTOR``). The dispatcher keeps
-the real clock: control's approvals, like the broker's delegations, expire in real seconds.
+seconds needs control's decisions on simulated time. This launcher runs ``corral control
+serve``'s own :func:`~corral.supervisor.serve.serve_control` — the same ledger, audit chain,
+policies, dispatcher, API, dashboard and template maintenance — with its decisions on
+:func:`decisions_clock`: an :class:`~corral.core.clock.AcceleratedClock` from the settings'
+``up.control_clock`` (``CORRAL_UP__CONTROL_CLOCK__START``, ``..._FACTOR``). The dispatcher
+and the dashboard keep the real clock: control's approvals, like the broker's delegations,
+expire in real seconds.
 
 The simulated day stands still at its ``start`` until ``POST /demo/clock {"origin": T}`` names
 the real instant ``T`` it begins at (the demo starts its agents, then begins the day for all at
-once); ``GET /demo/clock`` reads it. Only this launcher has that route.
+once); ``GET /demo/clock`` reads it. Only this launcher has that route, on control's socket
+(the dashboard's loopback port serves ``/dashboard`` alone).
 
 ``--timings FILE`` (the end-to-end benchmark) also records, per call, control's time on
 ``POST /calls`` and the broker's ``Server-Timing`` (its own time, the wait for a provider slot,
 the provider's time) of the execution, and writes them as JSON lines at shutdown.
 
-It does not mount the dashboard (``corral up`` on the same data directory does).
+The dashboard is mounted and served on ``dashboard.listen`` as ``corral control`` does, unless
+``dashboard.enabled`` is false (the benchmark turns it off; ``corral demo`` gives it a free
+loopback port).
 """
 
 from __future__ import annotations
@@ -26,26 +30,20 @@ import json
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.types import Message, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.audit.chain import open_chain
-from corral.broker.assembly import control_approval_signer
-from corral.broker.client import BrokerClient
 from corral.core import serving
 from corral.core.clock import AcceleratedClock, Clock, SystemClock, format_time
 from corral.core.errors import CorralError
-from corral.core.ids import RandomIds
-from corral.core.serving import Listen, serve
 from corral.core.settings import Settings, load_settings
-from corral.supervisor.app import create_app
-from corral.supervisor.dispatch import Dispatcher, idempotency_key
-from corral.supervisor.serve import load_policies
-from corral.supervisor.service import Control
-from corral.supervisor.store import LedgerStore
+from corral.supervisor.dispatch import idempotency_key
+from corral.supervisor.serve import serve_control
 
 __all__ = ["Timings", "decisions_clock", "main", "serve_demo_control"]
 
@@ -66,7 +64,7 @@ class Timings:
         self.control: dict[str, float] = {}
         self.broker: dict[str, dict[str, float]] = {}
 
-    def wrap(self, app: Any) -> Any:
+    def wrap(self, app: ASGIApp) -> ASGIApp:
         """An ASGI app that times ``POST /calls`` around ``app``."""
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,7 +127,7 @@ class _TimedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def _clock_routes(app: Any, clock: AcceleratedClock) -> None:
+def _clock_routes(api: FastAPI, clock: AcceleratedClock) -> None:
     """``GET``/``POST /demo/clock`` on control's API (this launcher only)."""
     from fastapi import Body
     from fastapi.responses import JSONResponse
@@ -159,55 +157,31 @@ def _clock_routes(app: Any, clock: AcceleratedClock) -> None:
         clock.begin(origin)
         return state()
 
-    app.api.add_api_route("/demo/clock", read, methods=["GET"])
-    app.api.add_api_route("/demo/clock", begin, methods=["POST"])
+    api.add_api_route("/demo/clock", read, methods=["GET"])
+    api.add_api_route("/demo/clock", begin, methods=["POST"])
 
 
 async def serve_demo_control(settings: Settings, *, timings: Path | None = None) -> None:
-    """``corral control serve`` with the decisions on :func:`decisions_clock`."""
+    """:func:`~corral.supervisor.serve.serve_control` with the decisions on
+    :func:`decisions_clock`, ``/demo/clock`` when that clock is accelerated, and with
+    ``timings`` the per-call timings written there at shutdown."""
     clock = decisions_clock(settings)
-    real = SystemClock()
-    store = LedgerStore.from_url(
-        settings.control_database_url(), schema=settings.control.database_schema
-    )
-    store.create_schema()
-    options = settings.control
     recorder = Timings() if timings is not None else None
-    socket = settings.broker_socket()
-    broker = (
-        BrokerClient(transport=recorder.transport(socket))
-        if recorder is not None
-        else BrokerClient(socket=socket)
-    )
-    dispatcher = Dispatcher(broker, control_approval_signer(settings), real)
-    with open_chain(settings, clock) as chain:
-        control = Control(
-            store,
-            clock,
-            RandomIds(clock),
-            sequencer=chain.sequencer,
-            policies=load_policies(settings.control_dir / "tenants"),
-            defer_timeout_s=options.defer_timeout_s,
-            dispatcher=dispatcher,
+    try:
+        await serve_control(
+            settings,
+            decision_clock=clock,
+            broker_transport=(
+                recorder.transport(settings.broker_socket()) if recorder is not None else None
+            ),
+            routes=(
+                partial(_clock_routes, clock=clock) if isinstance(clock, AcceleratedClock) else None
+            ),
+            middleware=recorder.wrap if recorder is not None else None,
         )
-        control.restore()
-        app = create_app(control, reconsider_every_s=options.reconsider_every_s)
-        if isinstance(clock, AcceleratedClock):
-            _clock_routes(app, clock)
-        listen = Listen(
-            settings.control_socket(),
-            tcp_host=options.tcp_host,
-            tcp_port=options.tcp_port,
-            tls_cert=options.tls_cert,
-            tls_key=options.tls_key,
-        )
-        try:
-            await serve(recorder.wrap(app) if recorder is not None else app, listen)
-        finally:
-            await broker.aclose()
-            store.close()
-            if recorder is not None and timings is not None:
-                recorder.write(timings)
+    finally:
+        if recorder is not None and timings is not None:
+            recorder.write(timings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 1. The six provider sandboxes on a loopback port, with the clinic's accounts and data.
 2. ``corral broker serve``, control (:mod:`corral.demo.control`: ``corral control`` on the
-   accelerated clock) and ``corral host serve`` as child processes, as ``corral up`` starts them.
+   accelerated clock, its dashboard on a free loopback port) and ``corral host serve`` as child
+   processes, as ``corral up`` starts them.
 3. The six accounts connected through the broker, as ``corral broker connect`` does (the
    credential sealed in the vault, ``credential.connected`` in the audit chain).
 4. The day begins a few seconds ahead, for control's clock and the agents alike; the four
@@ -22,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -182,7 +184,9 @@ def _children(settings: Settings, options: DemoOptions) -> Stack:
         # Simulated seconds: a deferred call may wait out the morning's quiet hours.
         "CORRAL_CONTROL__DEFER_TIMEOUT_S": "21600",
         "CORRAL_CONTROL__RECONSIDER_EVERY_S": "0.2",
-        "CORRAL_DASHBOARD__ENABLED": "false",
+        # Control serves its dashboard as `corral control` does, on a port of its own: the
+        # default one may be a developer's `corral up` (or the one run on this demo's data).
+        "CORRAL_DASHBOARD__LISTEN": f"127.0.0.1:{_loopback_port()}",
         "CORRAL_HOST__BACKEND": demo_backend(settings, options.backend),
         # One sandbox start at a time: corral.runtime.channel binds a channel socket under a
         # process-wide umask across an await, so a sandbox directory made meanwhile by a
@@ -196,6 +200,14 @@ def _children(settings: Settings, options: DemoOptions) -> Stack:
         start_timeout_s=settings.up.start_timeout_s,
         stop_grace_s=settings.up.stop_grace_s,
     )
+
+
+def _loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the kernel's choice for port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 _REFUND_LIMITS = {"billing": 50000, "receptionist": 10000}

@@ -14,6 +14,9 @@ one exact version; the pin moves only by the rules below, and each move is a
   (:meth:`Activations.upgrades`) that waits for the owner (:meth:`Activations.opt_in`).
 - A version at or after its ``sunset_at`` can no longer be activated or opted into; running
   activations of a deprecated or soon-sunset version get :meth:`Activations.notices`.
+- ``corral control`` runs :func:`run_once` on a schedule (:class:`Maintenance`,
+  ``templates.maintain_every_s``): it applies the automatic upgrades and records, once per
+  activation and sunset date, a ``template.notice`` entry that the sunset is near or past.
 
 ``docs/templates.md`` explains the rules and why. The demo catalog is ``templates/`` at the
 root of the repository::
@@ -75,6 +78,7 @@ from corral.templates.document import (
     load_template,
     parse_document,
 )
+from corral.templates.maintenance import Maintenance, Noticed, Round, notice_entry, run_once
 from corral.templates.store import (
     Activation,
     ActivationConflict,
@@ -82,6 +86,7 @@ from corral.templates.store import (
     ActivationStoreError,
     CorruptActivation,
     HistoryRecord,
+    NoticeRecord,
 )
 from corral.templates.version import TemplateError, UpgradeKind, Version, VersionError, classify
 
@@ -101,9 +106,13 @@ __all__ = [
     "CorruptActivation",
     "DocumentError",
     "HistoryRecord",
+    "Maintenance",
     "Notice",
     "NoticeKind",
+    "NoticeRecord",
+    "Noticed",
     "Role",
+    "Round",
     "SunsetError",
     "Template",
     "TemplateDocument",
@@ -119,5 +128,7 @@ __all__ = [
     "is_automatic",
     "load_document",
     "load_template",
+    "notice_entry",
     "parse_document",
+    "run_once",
 ]

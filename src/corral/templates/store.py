@@ -6,6 +6,9 @@ and the ``template.activated`` audit entry that put this version in force, as it
 bytes. ``template_activation_history`` gets one row per change and is append-only: triggers
 on both databases refuse UPDATE, DELETE (and on PostgreSQL TRUNCATE), so the record of who
 ran which version when cannot be rewritten through corral or by a slip in a SQL console.
+``template_notices`` holds one row per activation and sunset date that notice was given of
+(:mod:`corral.templates.maintenance`), with its ``template.notice`` audit entry: the notice is
+given once per date, not once per round.
 
 Every row is checked when read (valid version, an entry that parses and agrees with the
 columns): a corrupted row raises :class:`CorruptActivation` naming the table and the row, and
@@ -23,7 +26,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from corral.audit.entries import EntryError, TemplateActivated, parse_entry
+from corral.audit.entries import (
+    Entry,
+    EntryError,
+    TemplateActivated,
+    TemplateNotice,
+    parse_entry,
+)
 from corral.core.db import UtcDateTime, connected, create_tables, open_engine
 from corral.templates.version import TemplateError, Version, VersionError
 
@@ -35,6 +44,7 @@ __all__ = [
     "Change",
     "CorruptActivation",
     "HistoryRecord",
+    "NoticeRecord",
 ]
 
 _metadata = sa.MetaData()
@@ -75,6 +85,19 @@ history_table = sa.Table(
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("entry", sa.Text, nullable=False),
     sa.Index("template_activation_history_by_tenant", "tenant", "activation_id", "seq"),
+)
+
+notices_table = sa.Table(
+    "template_notices",
+    _metadata,
+    sa.Column("activation_id", _Id, primary_key=True),
+    sa.Column("sunset_at", UtcDateTime, primary_key=True),
+    sa.Column("tenant", _Id, nullable=False),
+    sa.Column("template", _Id, nullable=False),
+    sa.Column("version", _Id, nullable=False),
+    sa.Column("notice", sa.String(32), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("entry", sa.Text, nullable=False),
 )
 
 _SQLITE_APPEND_ONLY = [
@@ -140,13 +163,34 @@ class HistoryRecord:
     entry: TemplateActivated
 
 
-def _entry(table: str, row: str, text: Any) -> TemplateActivated:
+@dataclass(frozen=True)
+class NoticeRecord:
+    """Notice given, once, that an activation's version sunsets (or has sunset) at
+    ``sunset_at``."""
+
+    activation_id: str
+    tenant: str
+    template: str
+    version: str
+    notice: str
+    """``sunsetting`` (given before the date) or ``sunset`` (given after it)."""
+    sunset_at: datetime
+    at: datetime
+    entry: TemplateNotice
+    """The ``template.notice`` audit entry that gave it."""
+
+
+def _parsed(table: str, row: str, text: Any) -> Entry:
     if not isinstance(text, str):
         raise CorruptActivation(table, row, "entry is not text")
     try:
-        entry = parse_entry(text.encode("utf-8"))
+        return parse_entry(text.encode("utf-8"))
     except (EntryError, UnicodeError) as exc:
         raise CorruptActivation(table, row, f"entry is not a valid audit entry: {exc}") from None
+
+
+def _entry(table: str, row: str, text: Any) -> TemplateActivated:
+    entry = _parsed(table, row, text)
     if not isinstance(entry, TemplateActivated):
         raise CorruptActivation(table, row, f"entry is a {entry.kind!r}, not template.activated")
     return entry
@@ -222,6 +266,49 @@ def _record(row: sa.Row[Any]) -> HistoryRecord:
     )
 
 
+def _notice(row: sa.Row[Any]) -> NoticeRecord:
+    name = f"{row.activation_id!r} (tenant {row.tenant!r}, sunset_at {row.sunset_at})"
+    entry = _parsed("template_notices", name, row.entry)
+    if not isinstance(entry, TemplateNotice):
+        raise CorruptActivation(
+            "template_notices", name, f"entry is a {entry.kind!r}, not template.notice"
+        )
+    data = entry.data
+    said = {
+        "tenant": entry.tenant,
+        "activation_id": data.activation_id,
+        "template": data.template,
+        "version": data.version,
+        "notice": data.notice,
+        "sunset_at": data.sunset_at,
+    }
+    columns = {
+        "tenant": row.tenant,
+        "activation_id": row.activation_id,
+        "template": row.template,
+        "version": row.version,
+        "notice": row.notice,
+        "sunset_at": row.sunset_at,
+    }
+    for key, value in columns.items():
+        if said[key] != value:
+            raise CorruptActivation(
+                "template_notices",
+                name,
+                f"{key} is {value!r} but its audit entry {entry.id} says {said[key]!r}",
+            )
+    return NoticeRecord(
+        activation_id=row.activation_id,
+        tenant=row.tenant,
+        template=row.template,
+        version=row.version,
+        notice=row.notice,
+        sunset_at=row.sunset_at,
+        at=row.at,
+        entry=entry,
+    )
+
+
 def _row(activation: Activation) -> dict[str, Any]:
     return {
         "activation_id": activation.activation_id,
@@ -286,6 +373,36 @@ class Change:
                 f"activation {old.activation_id!r} changed while this change was decided"
             )
         self._history(new, old.version)
+
+    def notice(self, activation_id: str, sunset_at: datetime) -> NoticeRecord | None:
+        """The notice already given of the activation's sunset at ``sunset_at``, if any."""
+        query = notices_table.select().where(
+            notices_table.c.activation_id == activation_id,
+            notices_table.c.sunset_at == sunset_at,
+        )
+        row = self._conn.execute(query).one_or_none()
+        return None if row is None else _notice(row)
+
+    def insert_notice(self, record: NoticeRecord) -> None:
+        """Record that notice was given; one given meanwhile is :class:`ActivationConflict`."""
+        try:
+            self._conn.execute(
+                notices_table.insert().values(
+                    activation_id=record.activation_id,
+                    sunset_at=record.sunset_at,
+                    tenant=record.tenant,
+                    template=record.template,
+                    version=record.version,
+                    notice=record.notice,
+                    at=record.at,
+                    entry=record.entry.leaf().decode("utf-8"),
+                )
+            )
+        except sa.exc.IntegrityError:
+            raise ActivationConflict(
+                f"notice of activation {record.activation_id!r}'s sunset at "
+                f"{record.sunset_at} was already given"
+            ) from None
 
     def _history(self, activation: Activation, from_version: str | None) -> None:
         self._conn.execute(
@@ -388,6 +505,17 @@ class ActivationStore:
         with connected(self.engine, self._fail("read an activation"), begin=False) as conn:
             row = conn.execute(query).one_or_none()
         return None if row is None else _activation(row)
+
+    def notices(self, tenant: str | None = None) -> list[NoticeRecord]:
+        """Notices given (of one tenant, or all), by tenant, activation and date; each checked."""
+        query = notices_table.select().order_by(
+            notices_table.c.tenant, notices_table.c.activation_id, notices_table.c.sunset_at
+        )
+        if tenant is not None:
+            query = query.where(notices_table.c.tenant == tenant)
+        with connected(self.engine, self._fail("read notices"), begin=False) as conn:
+            rows = conn.execute(query).all()
+        return [_notice(row) for row in rows]
 
     def history(self, tenant: str, activation_id: str | None = None) -> list[HistoryRecord]:
         """The tenant's changes (of one activation, or all), oldest first."""
