@@ -26,7 +26,7 @@ import contextlib
 import gc
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -309,10 +309,12 @@ class Control:
             tenant, agent, sandbox, call_id, tool, args, delegation
         )
         self.executions[(tenant, call_id)] = execution
-        if execution.events:
-            await self._append(tenant, to_entries(execution.events, tenant, self.ids))
         error = (execution.error or {}).get("code") if execution.status == "failed" else None
-        await self.outcome(tenant, call_id, execution.status, execution.result, error)
+        # The broker's events (a token refreshed, a credential refused) go in with the outcome:
+        # one durable append where there were two in a row.
+        events = to_entries(execution.events, tenant, self.ids) if execution.events else []
+        await self.outcome(tenant, call_id, execution.status, execution.result, error,
+                           preceded_by=events)  # fmt: skip
 
     async def delegate(
         self, tenant: str, agent: str, sandbox: str, request: Mapping[str, Any], key: str
@@ -374,9 +376,12 @@ class Control:
 
     async def outcome(
         self, tenant: str, call_id: str, status: str, result: Mapping[str, Any] | None = None,
-        error: str | None = None,
+        error: str | None = None, *,
+        preceded_by: Sequence[tuple[KnownEntry, PersonalPayload | None]] = (),
     ) -> None:  # fmt: skip
-        """Record an executed call's outcome, then decide again the calls waiting for it."""
+        """Record an executed call's outcome, then decide again the calls waiting for it.
+
+        ``preceded_by``: entries appended just before the outcome's, in the same batch."""
         supervisor = self.supervisor(tenant)
         supervisor.outcome(call_id, status, result)
         updated = self.store.update_later(tenant, call_id, status, result or {})
@@ -389,7 +394,7 @@ class Control:
         else:
             entry = ActionExecuted(**base, data=ActionExecutedData(
                 call_id=call_id, tool=tool, status=status, result=dict(result or {})))  # fmt: skip
-        await self._append(tenant, [(entry, None)], updated)
+        await self._append(tenant, [*preceded_by, (entry, None)], updated)
         await self.reconsider(tenant, waiting_for=call_id)
 
     async def reconsider(self, tenant: str | None = None, *, waiting_for: str | None = None) -> int:
