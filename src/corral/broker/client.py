@@ -130,7 +130,9 @@ class BrokerClient:
         timeout_s: float = 30.0,
     ) -> None:
         if transport is None and socket is not None:
-            transport = httpx.AsyncHTTPTransport(uds=str(socket))
+            # Few idle connections (see ControlRelay): each costs system calls on every request.
+            limits = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=5.0)
+            transport = httpx.AsyncHTTPTransport(uds=str(socket), limits=limits)
         self._http = httpx.AsyncClient(
             base_url=base_url, transport=transport, timeout=httpx.Timeout(timeout_s)
         )

@@ -233,7 +233,9 @@ def serve(
         except ValueError as exc:
             cli.abort(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from corral.core import serving
+
     try:
-        asyncio.run(serve_host(settings, specs))
+        serving.run(serve_host(settings, specs))
     except (CorralError, ValueError) as exc:
         cli.abort(str(exc))

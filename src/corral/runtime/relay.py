@@ -200,7 +200,10 @@ class ControlRelay:
         self._max_escalation_s = max_escalation_s
         # A long poll takes up to wait_s; the read timeout must outlast it.
         timeout = httpx.Timeout(timeout_s, read=max(timeout_s, wait_s + 10))
-        limits = httpx.Limits(max_keepalive_connections=32, keepalive_expiry=60)
+        # A small pool that forgets idle connections soon: httpcore checks every pooled
+        # connection (a poll and a getpeername each) on each request, so 32 idle connections
+        # left by a burst cost the host ~64 system calls per call at a gentle rate.
+        limits = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=5.0)
         if socket is not None:
             transport = httpx.AsyncHTTPTransport(uds=str(socket), limits=limits, retries=1)
             self._http = httpx.AsyncClient(
