@@ -3,6 +3,7 @@ percentiles, repeats under a time budget, and optional cProfile output."""
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import hashlib
 import io
@@ -180,3 +181,40 @@ class Profiler:
             path.write_text(text.getvalue(), encoding="utf-8")
             written.append(path)
         return written
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection over a Unix socket, spoken by hand: the load
+    generators' client.
+
+    httpx costs about a millisecond of CPU per request, and with a pool of hundreds of
+    connections far more (httpcore checks every pooled connection on each request); the load
+    generator shares the 2 cores with the servers it measures, so a heavier client measures
+    itself. Only what the benchmarks need is here (JSON bodies with Content-Length, keep-alive,
+    the answer's headers); it is not a general client.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, socket: Path) -> RawConnection:
+        return cls(*await asyncio.open_unix_connection(str(socket)))
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """``POST path`` with a JSON ``body``: the status, the headers (lower-cased names) and
+        the body of the answer."""
+        head = (f"POST {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        return int(status_line.split()[1]), headers, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()

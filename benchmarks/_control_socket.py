@@ -7,10 +7,9 @@ socket on a fixed schedule (call i at t0 + i/R): latency = completion − schedu
 queueing counts. Every answer has made the ledger row and both audit entries durable before
 it is sent.
 
-The client speaks HTTP/1.1 by hand over asyncio streams, with a pool of keep-alive connections:
-httpx costs about a millisecond of CPU per request, and this client shares the same 2 cores
-with the server, so a heavier client would measure itself. Only what the benchmark needs is
-implemented (Content-Length bodies, keep-alive); it is not a general client.
+The client speaks HTTP/1.1 by hand (:class:`benchmarks._common.RawConnection`), with a pool of
+keep-alive connections: this client shares the same 2 cores with the server, so a heavier
+client would measure itself.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks._common import percentile
+from benchmarks._common import RawConnection, percentile
 from benchmarks._supervisor_load import Call, Fleet, Workload
 from corral.supervisor.store import LedgerStore, calls
 
@@ -95,29 +94,11 @@ def fill_store(
     return policies, list(workload.calls(measured))
 
 
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (f"POST {path} HTTP/1.1\r\nHost: control\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
-        self.writer.write(head + body)
-        await self.writer.drain()
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
-
-
 async def _open_loop(socket: Path, bodies: list[bytes], rate: float, pool: int) -> SocketRun:
     run = SocketRun(rate)
-    idle: asyncio.Queue[_Connection] = asyncio.Queue()
+    idle: asyncio.Queue[RawConnection] = asyncio.Queue()
     for _ in range(pool):
-        idle.put_nowait(_Connection(*await asyncio.open_unix_connection(str(socket))))
+        idle.put_nowait(await RawConnection.open(socket))
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.05
 
@@ -125,7 +106,7 @@ async def _open_loop(socket: Path, bodies: list[bytes], rate: float, pool: int) 
         scheduled = t0 + i / rate
         await asyncio.sleep(max(0.0, scheduled - loop.time()))
         connection = await idle.get()
-        status, answer = await connection.post("/calls", body)
+        status, _, answer = await connection.post("/calls", body)
         run.latencies_ms.append((loop.time() - scheduled) * 1000)
         idle.put_nowait(connection)
         verdict = json.loads(answer).get("verdict", f"http {status}")
