@@ -130,6 +130,7 @@ def test_an_expired_delegation_is_refused(world: World) -> None:
     response = run(world.execute("twilio.send_sms", {"to": "+13105550123", "body": "a"},
                                  delegation=token))  # fmt: skip
     assert response.status_code == 403 and "expired" in response.json()["detail"]
+    assert response.json()["type"].endswith("/delegation_expired")  # the SDK renews on it
 
 
 @pytest.mark.parametrize("kind", list(RevocationKind))

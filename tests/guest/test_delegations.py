@@ -46,7 +46,7 @@ def broker_refusal(code: str, message: str) -> HostError:
 
 
 REFUSALS = {
-    "expired": broker_refusal("delegation_refused", EXPIRED),
+    "expired": broker_refusal("delegation_expired", EXPIRED),
     "revoked": broker_refusal("revoked", REVOKED),
 }
 
@@ -467,7 +467,7 @@ def test_through_control_an_expired_delegation_is_renewed_and_acts_once(tmp_path
         ) -> Execution:  # fmt: skip
             if delegation == "dlg-1":
                 self.executed.append((agent, sandbox, call_id, "refused"))
-                return Execution("failed", error={"code": "delegation_refused",
+                return Execution("failed", error={"code": "delegation_expired",
                                                   "message": EXPIRED})  # fmt: skip
             return await super().execute(tenant, agent, sandbox, call_id, tool, args, delegation)
 

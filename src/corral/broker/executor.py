@@ -244,6 +244,9 @@ class Broker:
                 sandbox=call.sandbox,
                 now=self.clock.now(),
             )
+        except dl.Expired as exc:
+            # Its own code: the one refusal an agent cures by asking for a new delegation.
+            raise CallRefused(403, "delegation_expired", f"delegation refused: {exc}") from None
         except dl.DelegationError as exc:
             raise CallRefused(403, "delegation_refused", f"delegation refused: {exc}") from None
 

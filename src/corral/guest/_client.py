@@ -108,14 +108,7 @@ class DelegationRefused(ToolRefused):
     @property
     def reason(self) -> str:
         code = self.problem
-        message = _execution_error(self.data).get("message")
-        # The broker reports an expired token as delegation_refused; only its message says
-        # "expired at". A distinct code (delegation_expired) is accepted as well.
-        if code == "delegation_expired" or (
-            code == "delegation_refused" and isinstance(message, str) and " expired at " in message
-        ):
-            return "expired"
-        return code
+        return "expired" if code == "delegation_expired" else code
 
     @property
     def renewable(self) -> bool:
