@@ -33,6 +33,8 @@ def _offer(name: str) -> dict[str, Any]:
 
 
 def _handler(method: str, params: dict[str, Any]) -> Any:
+    if method == "delegation.request":
+        return {"token": f"tok-{params['tool']}", "expires_at": "2026-03-03T17:05:00Z"}
     if method == "tools.list":
         return {"tools": [_offer(name) for name in OFFERED]}
     if method == "tools.call":
@@ -111,8 +113,11 @@ def test_call_tool_relays_and_returns_the_result(host: FakeHost) -> None:
     assert not result.is_error
     assert json.loads(result.content[0].text) == RESULT
     assert result.structured_content == RESULT
-    relayed = host.wait_for("tools.call")
-    assert relayed["params"] == {"tool": "calendly.book", "args": args}
+    asked = host.wait_for("delegation.request")
+    assert asked["params"]["tool"] == "calendly.book"
+    relayed = host.wait_for("tools.call")  # it presents the delegation asked for
+    assert relayed["params"] == {"tool": "calendly.book", "args": args,
+                                 "delegation": "tok-calendly.book"}  # fmt: skip
 
 
 def test_a_refusal_is_a_tool_error_naming_the_rule(host: FakeHost) -> None:

@@ -66,6 +66,8 @@ def test_an_mcp_client_in_a_sandbox_lists_and_calls_tools_through_the_channel(
         seen.append((identity, method, params))
         if method == "tools.list":
             return {"tools": offered}
+        if method == "delegation.request":
+            return {"token": f"dlg-{params['tool']}", "expires_at": "2026-03-03T17:05:00Z"}
         if method == "tools.call" and params["args"]["body"] == "again":
             data = {"verdict": "deny", "rules": ["duplicate_message"], "conflicts_with": ["c1"],
                     "explanation": "denied by rule duplicate_message"}  # fmt: skip
@@ -94,5 +96,8 @@ def test_an_mcp_client_in_a_sandbox_lists_and_calls_tools_through_the_channel(
     assert len(calls) == 2
     assert all(who == place.spec([]).identity for who, _ in calls)  # the channel's identity
     assert calls[0][1]["tool"] == "twilio.send_sms"
+    # One delegation asked for, presented on both calls (the SDK's automatic delegations).
+    assert [p["tool"] for _, m, p in seen if m == "delegation.request"] == ["twilio.send_sms"]
+    assert {params["delegation"] for _, params in calls} == {"dlg-twilio.send_sms"}
     assert json.loads(json.dumps(calls[0][1]["args"])) == {
         "to": "+13105550123", "body": "See you at 10"}  # fmt: skip

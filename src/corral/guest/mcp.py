@@ -3,7 +3,8 @@
 For agents built on an MCP client (an LLM harness) rather than on :mod:`corral.guest.tools`.
 The tool list is asked of the host on every ``tools/list`` (``tools.list`` over the channel), so
 it is always the agent's template as the host enforces it, with each tool's JSON Schema as its
-``inputSchema``; ``tools/call`` relays ``tools.call``.
+``inputSchema``; ``tools/call`` relays ``tools.call``, presenting a delegation for the tool that
+the SDK asks for on the tool's first call and renews when due (``tools.delegations.auto``).
 
 A refusal is a tool result with ``isError`` and a text naming the verdict, the rules and the
 explanation, not a protocol error: the model reads it and can change course (MCP: errors that
@@ -171,6 +172,9 @@ def main() -> int:
         print(f"corral mcp: {exc}", file=sys.stderr)
         return 1
     tools.set_client(client)
+    # Every call presents a delegation, asked for on the tool's first call and renewed when
+    # due: without one, control would decide the call and the broker would never run it.
+    tools.delegations.auto()
     try:
         return anyio.run(_serve, client)
     finally:
