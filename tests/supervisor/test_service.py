@@ -151,6 +151,24 @@ def test_a_deferred_call_is_decided_again_when_what_it_waits_for_fails(world: Wo
     assert world.kinds().count("action.verdict") == 3
 
 
+def test_a_call_still_rightly_waiting_is_not_decided_again_each_second(world: World) -> None:
+    """The periodic pass decides a waiting call again only once what it waits for has left
+    the states that hold it; an unchanged decision records nothing."""
+    world.call("c1", "google_calendar.insert_event",
+               booking("2026-03-04T10:00:00-08:00", "2026-03-04T10:30:00-08:00"))  # fmt: skip
+    world.call("c2", "google_calendar.insert_event",
+               booking("2026-03-04T10:15:00-08:00", "2026-03-04T10:45:00-08:00"))  # fmt: skip
+    before = world.kinds()
+    for _ in range(5):
+        assert asyncio.run(world.control.reconsider()) == 0
+    assert world.kinds() == before  # c1 still in flight: c2 rightly waits, nothing recorded
+    # c1 leaves "in flight" by a way that wakes nobody (as after a restart, or a reconciliation
+    # recorded straight in the ledger): the periodic pass notices and decides c2 again.
+    world.control.supervisor(TENANT).outcome("c1", "failed")
+    assert asyncio.run(world.control.reconsider()) == 1
+    assert world.control.last[(TENANT, "c2")].verdict.value == "allow"
+
+
 def test_quiet_hours_release_at_not_before_and_a_long_defer_escalates(world: World) -> None:
     world.clock.set(datetime(2026, 3, 4, 5, 0, tzinfo=UTC))  # 21:00 in Los Angeles
     quiet = world.call("m1", "twilio.send_sms", {"to": "+13105550123", "body": "Reminder"})

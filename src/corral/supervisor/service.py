@@ -410,7 +410,7 @@ class Control:
                 waiting_for in held.decision.waits_for
                 if waiting_for is not None
                 else (held.decision.not_before is not None and held.decision.not_before <= now)
-                or bool(held.decision.waits_for)
+                or self._unblocked(held)
             )
             timed_out = now - held.deferred_at >= self.defer_timeout
             if not (due or timed_out):
@@ -426,6 +426,8 @@ class Control:
                     decision = Decision(held.call_id, Verdict.ESCALATE,
                                         ["defer_timeout", *decision.rules],
                                         conflicts_with=decision.conflicts_with)  # fmt: skip
+            if decision == held.decision:
+                continue  # deferred again for the same reasons: nothing new to record
             record = supervisor.ledger.calls[held.call_id]
             await asyncio.wrap_future(
                 self.store.update_later(held.tenant, held.call_id, record.status.value)
@@ -435,6 +437,18 @@ class Control:
             self._after(held.tenant, held.agent, held.tool, held.args, decision)
             count += 1
         return count
+
+    def _unblocked(self, held: Held) -> bool:
+        """Whether a call ``held`` waits for has left the states that hold it (in flight,
+        unknown), or was forgotten. Outcomes wake their waiters at once; this catches any other
+        way out (an operator's decision, a restart), without deciding again, each second, every
+        call still rightly waiting."""
+        calls = self.supervisor(held.tenant).ledger.calls
+        for call_id in held.decision.waits_for:
+            other = calls.get(call_id)
+            if other is None or other.status not in (Status.IN_FLIGHT, Status.UNKNOWN):
+                return True
+        return False
 
     async def wait(self, tenant: str, call_id: str, timeout_s: float) -> Decision:
         """The call's latest decision, waiting up to ``timeout_s`` while it is deferred or
