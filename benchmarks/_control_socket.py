@@ -128,15 +128,27 @@ async def _open_loop(socket: Path, bodies: list[bytes], rate: float, pool: int) 
     return run
 
 
+WARM_UP = 1_000
+"""Calls sent at 500/s after the start, before the measured passes."""
+
+
+def _bodies(batch: list[Call]) -> list[bytes]:
+    return [json.dumps({"tenant": c.tenant, "agent": c.agent, "sandbox": "bench",
+                        "call_id": c.call_id, "tool": c.tool, "args": c.args}).encode()
+            for c in batch]  # fmt: skip
+
+
 def through_socket(
     earlier: int, per_rate: int, rates: list[float], tenants: int = 1
 ) -> list[SocketRun]:
-    """Start ``corral control serve`` on a pre-filled store; one open-loop pass per rate."""
+    """Start ``corral control serve`` on a pre-filled store; after a warm-up, one open-loop pass
+    per rate."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="corral-bench-control-") as tmp:
         data = Path(tmp)
-        policies, measured = fill_store(f"sqlite:///{data / 'control' / 'control.db'}", tenants,
-                                        earlier, per_rate * len(rates))  # fmt: skip
+        policies, calls = fill_store(f"sqlite:///{data / 'control' / 'control.db'}", tenants,
+                                     earlier, WARM_UP + per_rate * len(rates))  # fmt: skip
+        warm_up, measured = calls[:WARM_UP], calls[WARM_UP:]
         directory = data / "control" / "tenants"
         directory.mkdir(parents=True, exist_ok=True)
         for name, policy in policies.items():
@@ -153,12 +165,12 @@ def through_socket(
                     raise RuntimeError((data / "control.log").read_text()[-2000:])
                 time.sleep(0.01)
             restore_s = time.perf_counter() - started
+            # Not measured: what a service does once after its start (its first checkpoint, the
+            # template maintenance round, the first use of each code path) is not a decision.
+            asyncio.run(_open_loop(socket, _bodies(warm_up), 500.0, pool=64))
             for n, rate in enumerate(rates):
                 batch = measured[n * per_rate : (n + 1) * per_rate]
-                bodies = [json.dumps({"tenant": c.tenant, "agent": c.agent, "sandbox": "bench",
-                                      "call_id": c.call_id, "tool": c.tool,
-                                      "args": c.args}).encode() for c in batch]  # fmt: skip
-                run = asyncio.run(_open_loop(socket, bodies, rate, pool=64))
+                run = asyncio.run(_open_loop(socket, _bodies(batch), rate, pool=64))
                 run.restore_s, run.tenants = restore_s, tenants
                 runs.append(run)
         finally:

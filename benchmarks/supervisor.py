@@ -30,8 +30,9 @@ five of corral's sixteen rules (the ones that need no history), so an ``x base``
 means that corral, doing all sixteen, is slower than Cedar doing five.
 
 Through the service socket (target p99 < 5 ms at 2,000 calls/s): ``corral control serve``
-as its own process, 1 tenant and 1,000 tenants × 10 agents with the earlier calls restored
-from its store, open loop at 500, 2,000 and 5,000 calls/s (1,000 tenants: 2,000/s only)
+as its own process, 1 tenant and 1,000 tenants × 10 agents with the earlier calls (dated in
+the last 1.5 days) restored from its store, an unmeasured warm-up of 1,000 calls at 500/s, then
+open loop at 500, 2,000 and 5,000 calls/s (1,000 tenants: 2,000/s only)
 (:mod:`benchmarks._control_socket`).
 
 Prints the table, writes ``benchmarks/results/supervisor.json`` and
