@@ -29,6 +29,7 @@ from corral.audit.anchor_store import (
 from corral.core import errors
 from corral.core.settings import AnchorSettings
 from tests import dynalite
+from tests._serving import free_port
 
 T0 = datetime(2026, 3, 3, 17, 0, 0, 123456, tzinfo=UTC)
 
@@ -578,7 +579,7 @@ def test_missing_table_is_unavailable(dynalite_endpoint: str) -> None:
 def test_unreachable_endpoint_is_unavailable_naming_it(
     call: Callable[[DynamoDBAnchorStore], object],
 ) -> None:
-    endpoint = f"http://127.0.0.1:{dynalite.free_port()}"  # nothing listens there
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     client = dynalite.client(
         endpoint,
         connect_timeout=0.5,

@@ -3,7 +3,6 @@ where another process (a broker child, ``corral broker serve``) must reach them.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +12,7 @@ import pytest
 import uvicorn
 
 from corral.fakes import combined_app, create_fakes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests._serving import free_port
 
 
 @pytest.fixture(name="served", scope="session")

@@ -34,7 +34,8 @@ from corral.broker.assembly import control_approval_signer, open_broker
 from corral.broker.client import connect_call, disconnect_call, rotate_call
 from corral.core.clock import SystemClock
 from corral.core.settings import load_settings
-from tests.broker._served import free_port, served_fixture  # noqa: F401 (fixture)
+from tests._serving import free_port
+from tests.broker._served import served_fixture  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "brightsmile"

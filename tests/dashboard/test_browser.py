@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from corral.audit.entries import parse_entry
+from tests._serving import free_port
 from tests.conftest import need_service
 from tests.dashboard._world import EMAIL, PASSWORD, A, World, build_world
 
@@ -57,19 +57,12 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Served:
     """A world's app served by uvicorn in a thread until :meth:`stop`."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        port = _free_port()
+        port = free_port()
         config = uvicorn.Config(
             world.app,
             host="127.0.0.1",

@@ -76,6 +76,7 @@ from corral.dashboard.wiring import (
 )
 from corral.supervisor.policy import load_policy
 from corral.templates import Activations, ActivationStore, Catalog
+from tests._serving import free_port, wait_for_page
 from tests.broker._world import build_world as build_broker
 from tests.conftest import need_service
 from tests.dashboard import _world as dash_world
@@ -89,13 +90,6 @@ POLICY = (
 )
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 CATALOG = default_catalog()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cli(data: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.Popen[str]:
@@ -162,7 +156,7 @@ def served() -> Iterator[Served]:
     out, err = add.communicate(PASSWORD + "\n", timeout=120)
     assert add.returncode == 0, err
     assert PASSWORD not in out + err
-    port = _free_port()
+    port = free_port()
     log = (data / "control.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "--data-dir", str(data), "control", "serve"],
@@ -173,16 +167,7 @@ def served() -> Iterator[Served]:
     )
     running = Served(data, port, process)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (data / "control.log").read_text()
-            assert time.monotonic() < deadline, (data / "control.log").read_text()
-            try:
-                if httpx.get(f"{running.url}/dashboard/login").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_for_page(process, f"{running.url}/dashboard/login", data / "control.log")
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
@@ -440,7 +425,7 @@ def test_the_dashboard_settings() -> None:
 
 
 def test_serving_plain_http_only_on_loopback(tmp_path: Path) -> None:
-    listen = serving.Listen(tmp_path / "s.sock", http_loopback=("0.0.0.0", _free_port()))
+    listen = serving.Listen(tmp_path / "s.sock", http_loopback=("0.0.0.0", free_port()))
     with pytest.raises(ConfigError, match="loopback addresses only"):
         asyncio.run(serving.serve(PlainTextResponse("x"), listen))
     assert not (tmp_path / "s.sock").exists()

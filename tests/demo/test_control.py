@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from corral.core.settings import load_settings
 from corral.dashboard.wiring import default_catalog
 from corral.supervisor.dispatch import idempotency_key
 from corral.templates import Activations, ActivationStore, Catalog
+from tests._serving import free_port, wait_for_page
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "brightsmile"
@@ -41,13 +41,6 @@ POLICY = (
 #: The simulated day: 11:00 in Los Angeles, ten days before dental-front-desk 1.0.0's sunset.
 START = "2027-01-21T11:00:00-08:00"
 START_UTC = "2027-01-21T19:00:00.000000Z"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -92,7 +85,7 @@ def launched() -> Iterator[Launched]:
         )
     finally:
         store.close()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env |= {
         "CORRAL_UP__CONTROL_CLOCK__START": START,
@@ -108,16 +101,7 @@ def launched() -> Iterator[Launched]:
     )  # fmt: skip
     running = Launched(data, port, process, timings)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (data / "control.log").read_text()
-            assert time.monotonic() < deadline, (data / "control.log").read_text()
-            try:
-                if httpx.get(f"{running.browser}/dashboard/login").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_for_page(process, f"{running.browser}/dashboard/login", data / "control.log")
         yield running
     finally:
         running.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._serving import free_port
+
 CORRAL = [sys.executable, "-m", "corral.cli"]
 STARTUP_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def data_dir() -> Iterator[Path]:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     # Another control (a developer's `corral up`) may hold the dashboard's default port.
-    env["CORRAL_DASHBOARD__LISTEN"] = f"127.0.0.1:{_free_port()}"
+    env["CORRAL_DASHBOARD__LISTEN"] = f"127.0.0.1:{free_port()}"
     env.update(extra)
     return env
 
