@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -188,9 +189,8 @@ def _children(settings: Settings, options: DemoOptions) -> Stack:
         # default one may be a developer's `corral up` (or the one run on this demo's data).
         "CORRAL_DASHBOARD__LISTEN": f"127.0.0.1:{_loopback_port()}",
         "CORRAL_HOST__BACKEND": demo_backend(settings, options.backend),
-        # One sandbox start at a time: corral.runtime.channel binds a channel socket under a
-        # process-wide umask across an await, so a sandbox directory made meanwhile by a
-        # concurrent start can lose its search bit. No warm pool, no background refills.
+        # No warm pool: the four agents start once, together, before the day; sandboxes kept
+        # warm (and refilled in the background) would only take CPU from them while it runs.
         "CORRAL_HOST__WARM_POOL": "0",
     }
     return Stack(
@@ -457,7 +457,8 @@ def _run_day(
                 spec = _agent_spec(role, world, options.seed)
                 return _checked(own.post("/agents", json=spec), f"starting the {role} agent")
 
-        rows = [start(role) for role in clinic.AGENTS]  # one at a time: see _children
+        with ThreadPoolExecutor(len(clinic.AGENTS), thread_name_prefix="demo-start") as pool:
+            rows = list(pool.map(start, clinic.AGENTS))  # together; in the roles' order
         sandboxes = {row["agent"]: row["id"] for row in rows}
         levels = sorted({f"{row['backend']} ({row['level']})" for row in rows})
         say(f"{len(rows)} agents in their own sandboxes: {', '.join(levels)}")
