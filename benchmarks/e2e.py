@@ -125,7 +125,7 @@ def _children(settings: Settings, backend: str, timings: Path) -> Stack:
     env = {
         **os.environ,
         "CORRAL_HOST__BACKEND": backend,
-        "CORRAL_HOST__WARM_POOL": "0",  # sandboxes start one at a time (docs/demo.md)
+        "CORRAL_HOST__WARM_POOL": "0",  # no background refills during the run (docs/demo.md)
         "CORRAL_HOST__READY_TIMEOUT_S": "60",
         "CORRAL_DASHBOARD__ENABLED": "false",
         "CORRAL_BROKER__PROVIDER_MAX_IN_FLIGHT": "96",
