@@ -16,12 +16,13 @@ Every timed pass starts from an identically filled fleet: the workload is determ
 and approvals of earlier calls are applied between decisions: untimed in a closed loop; in an
 open loop they take time from the schedule, as they would in the service.
 
-Garbage collection: each pass starts after a full ``gc.collect()``, and CPython runs the next
-full collection only once the tracked objects have grown by a quarter, so a pass of 20,000
-calls over a 100,000-call ledger may hold one full collection or none: its percentiles are
-mostly those *between* full collections. The table adds the pause of one full collection with
-the filled fleet, and the longest pause seen inside corral's passes; in a long run at R
-calls/s, each full collection delays about pause × R calls.
+Garbage collection: the fleet is treated as the service treats its ledgers after a restore
+(``Control.restore``): one ``gc.collect()``, then ``gc.freeze()``, so that CPython's full
+collections walk only the objects made since, not the 100,000 earlier calls. Each pass starts
+after a full collection, and CPython runs the next one once the tracked objects have grown by a
+quarter. The table adds the pause of one full collection with the filled fleet, unfrozen and
+frozen, and the longest pause seen inside corral's passes; in a long run at R calls/s, each
+full collection delays about pause × R calls.
 
 The baseline, measured in the same run on the same calls: the stateless rules as Cedar
 policies through ``cedarpy`` (:mod:`benchmarks._cedar`), closed loop and open loop at the
@@ -101,11 +102,23 @@ class _Bars:
 
 
 def _fill(setup: Setup, measured: int, bars: _Bars, why: str) -> tuple[Fleet, list[Call]]:
+    """A freshly filled fleet, its heap not yet frozen (see :func:`_freeze`)."""
+    gc.unfreeze()  # the previous fleet's objects, dropped by now, become collectable again
     bars.start(f"{setup.name}: fill {setup.earlier:,} earlier calls ({why})", setup.earlier)
     fleet, calls = _supervisor_load.prepare(setup.tenants, AGENTS, setup.earlier, measured,
                                             tick=bars.tick)  # fmt: skip
     gc.collect()
     return fleet, calls
+
+
+def _freeze() -> float:
+    """The service's heap policy after a restore (``Control.restore``: collect, then freeze);
+    return the pause of one full collection afterwards, in ms."""
+    gc.collect()
+    gc.freeze()
+    started = time.perf_counter()
+    gc.collect()
+    return (time.perf_counter() - started) * 1e3
 
 
 def _traced() -> int:
@@ -145,6 +158,7 @@ def measure(setup: Setup, measured: int, bars: _Bars) -> None:
     gc.collect()
     setup.memory["full_gc_ms"] = (time.perf_counter() - started) * 1e3
     setup.memory["gc_tracked_objects_in_process"] = len(gc.get_objects())
+    setup.memory["full_gc_frozen_ms"] = _freeze()
     name = setup.name
     ours = bars.timed(f"{name}: corral, closed loop", len(calls), closed_loop, calls,
                       fleet.decide, fleet.after)  # fmt: skip
@@ -165,6 +179,7 @@ def measure(setup: Setup, measured: int, bars: _Bars) -> None:
     setup.mix = {"verdicts": dict(verdicts.most_common()), "rules_fired": dict(fired.most_common())}
     for rate in RATES:
         fleet, calls = _fill(setup, measured, bars, f"for {rate:,.0f}/s")
+        _freeze()
         each = f"open loop {rate:,.0f}/s"
         run = bars.timed(f"{name}: corral, {each}", len(calls), open_loop, calls, fleet.decide,
                          rate, fleet.after)  # fmt: skip
