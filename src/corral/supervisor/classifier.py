@@ -111,7 +111,7 @@ class TenantSupervisor:
         if decision.verdict in (Verdict.ALLOW, Verdict.ESCALATE):
             self.ledger.admit(record)
         if decision.verdict is Verdict.ALLOW:
-            record.status = Status.IN_FLIGHT
+            self.ledger.set_status(record, Status.IN_FLIGHT)
         return decision
 
     def _hits(self, record: CallRecord) -> list[Hit]:
@@ -170,7 +170,7 @@ class TenantSupervisor:
         if decision.verdict in (Verdict.ALLOW, Verdict.ESCALATE):
             self.ledger.admit(record)
         if decision.verdict is Verdict.ALLOW:
-            record.status = Status.IN_FLIGHT
+            self.ledger.set_status(record, Status.IN_FLIGHT)
         return decision
 
     def restore(self, stored: Iterable[StoredCall]) -> None:
@@ -188,7 +188,7 @@ class TenantSupervisor:
             if status in (Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN):
                 self.ledger.outcome(record, status, call.result)
             else:
-                record.status = status
+                self.ledger.set_status(record, status)
 
     def prune(self, now: datetime, *, limit: int | None = None) -> int:
         """Forget what no rule can read any more: calls older than the longest window (24 h,
@@ -220,7 +220,7 @@ class TenantSupervisor:
         if record.status is not Status.HELD:
             raise CallStateError(f"call {call_id!r} is not waiting for a decision")
         if choice is OperatorDecision.APPROVE:
-            record.status = Status.IN_FLIGHT
+            self.ledger.set_status(record, Status.IN_FLIGHT)
 
     def _call(self, call_id: str) -> CallRecord:
         record = self.ledger.calls.get(call_id)

@@ -8,13 +8,16 @@ O(log n + k) for the k calls that share the key, whatever the length of the hist
 - messages by recipient (time-ordered) and by (recipient, local day);
 - bookings per calendar (or calendar group) in an :class:`IntervalIndex`;
 - cancellations by the event they cancel; the events released by a succeeded cancellation;
-- refunds by payment intent and by (local day, currency); charges by (customer, amount,
-  currency); invoices by (customer, total) and by customer;
+- refunds by payment intent and by (local day, currency), with each such day's running total
+  of live refunds (escrow: in-flight amounts count until they fail), so the daily cap is one
+  lookup however many refunds the day holds; charges by (customer, amount, currency);
+  invoices by (customer, total) and by customer;
 - every call by (agent, tool, canonical arguments), for ``retry_storm``.
 
 A call is **live** when it was allowed (or escalated and approved) and its outcome is not
 ``failed``. Indexes keep every call that was ever admitted (allowed or escalated); liveness is
-read at query time, since it changes with outcomes and operator decisions.
+read at query time, since it changes with outcomes and operator decisions, except for the
+refund totals, which :meth:`Ledger.set_status` (the one place a status changes) keeps exact.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class CallRecord:
     result: dict[str, Any] = field(default_factory=dict)
     args: Mapping[str, Any] = field(default_factory=dict)
     """The arguments as given (shown to the operator beside an escalation)."""
+    admitted: bool = False
+    """Indexed by :meth:`Ledger.admit` (allowed, or escalated)."""
 
     @property
     def live(self) -> bool:
@@ -121,6 +126,8 @@ class Ledger:
         self.released: set[str] = set()
         self.refunds: defaultdict[str, list[CallRecord]] = defaultdict(list)
         self.refunds_by_day: defaultdict[tuple[date, str], list[CallRecord]] = defaultdict(list)
+        self.refund_totals: dict[tuple[date, str], int] = {}
+        """Per (local day, currency): the amounts of the live refunds indexed under it."""
         self.charges: defaultdict[tuple[str, int, str], list[CallRecord]] = defaultdict(list)
         self.invoices: defaultdict[tuple[str, Decimal], list[CallRecord]] = defaultdict(list)
         self.invoices_by_customer: defaultdict[str, list[CallRecord]] = defaultdict(list)
@@ -134,10 +141,14 @@ class Ledger:
         self.identical[(record.agent, record.tool, record.effect.args_key)].append(record)
 
     def admit(self, record: CallRecord) -> None:
-        """Index an allowed (or escalated) call under every key its rules may ask about."""
+        """Index an allowed (or escalated) call under every key its rules may ask about
+        (once: a call admitted again stays indexed as it was)."""
         effect = record.effect
-        if not isinstance(effect, CallEffect):
+        if record.admitted or not isinstance(effect, CallEffect):
             return
+        record.admitted = True
+        if record.live:
+            self._escrow(record, 1)
         kind = effect.kind
         if kind is EffectKind.MESSAGE and effect.recipient is not None:
             self.messages[effect.recipient].append(record)
@@ -155,9 +166,34 @@ class Ledger:
             self.invoices[(effect.customer, effect.total)].append(record)
             self.invoices_by_customer[effect.customer].append(record)
 
+    def set_status(self, record: CallRecord, status: Status) -> None:
+        """Every change of a call's status goes through here, so that the refund totals
+        follow what is live."""
+        was = record.live
+        record.status = status
+        if record.admitted and record.live is not was:
+            self._escrow(record, 1 if record.live else -1)
+
+    def _escrow(self, record: CallRecord, sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) a live, admitted refund's amount."""
+        effect = record.effect
+        if (
+            isinstance(effect, CallEffect)
+            and effect.kind is EffectKind.REFUND
+            and effect.target is not None
+            and effect.currency
+            and effect.amount
+        ):
+            key = (effect.local_day, effect.currency)
+            total = self.refund_totals.get(key, 0) + sign * effect.amount
+            if total:
+                self.refund_totals[key] = total
+            else:
+                del self.refund_totals[key]
+
     def outcome(self, record: CallRecord, status: Status, result: dict[str, Any]) -> None:
         """An executed call's outcome (or a reconciliation replacing ``unknown``)."""
-        record.status = status
+        self.set_status(record, status)
         record.result = dict(result)
         effect = record.effect
         if not isinstance(effect, CallEffect) or status is not Status.SUCCEEDED:
@@ -221,6 +257,8 @@ class Ledger:
         effect = record.effect
         if not isinstance(effect, CallEffect):
             return
+        if record.admitted and record.live:
+            self._escrow(record, -1)
         kind = effect.kind
         if kind is EffectKind.MESSAGE and effect.recipient is not None:
             _drop(self.messages, effect.recipient, record)

@@ -161,9 +161,12 @@ def refund_daily_cap(ctx: Context) -> Hit | None:
     effect = ctx.effect
     if cap is None or effect.currency != cap.currency:
         return None
-    today = _live_others(ctx, ctx.ledger.refunds_by_day.get((effect.local_day, cap.currency), ()))
-    total = sum(r.effect.amount or 0 for r in today if isinstance(r.effect, CallEffect))
+    key = (effect.local_day, cap.currency)
+    total = ctx.ledger.refund_totals.get(key, 0)  # the day's live refunds (escrow), kept running
+    if ctx.call.admitted and ctx.call.live:
+        total -= effect.amount or 0  # this call is already counted (decided again)
     if total + (effect.amount or 0) > cap.amount:
+        today = _live_others(ctx, ctx.ledger.refunds_by_day.get(key, ()))
         return Hit("refund_daily_cap", Verdict.ESCALATE, _ids(today))
     return None
 
