@@ -98,9 +98,10 @@ def metrics(setup: Setup) -> list[Metric]:
     full = sum(run.gc["collections_gen0_1_2"][2] for run in setup.corral)
     rows += [
         ("full_gc", "one full gc.collect() with the filled fleet", memory["full_gc_ms"], "ms"),
-        ("full_gc_frozen", "the same after gc.freeze(), as the service does",
+        ("full_gc_frozen", "the same, settled (corral.core.heap), as the service does",
          memory["full_gc_frozen_ms"], "ms"),
-        ("gc_pause", f"longest gc pause in corral's passes ({full} full)", longest, "ms"),
+        ("gc_pause", f"longest gc pause in corral's passes ({full} full, settles included)",
+         longest, "ms"),
     ]  # fmt: skip
     for name, label, value, unit in rows:
         out.append(Metric(f"{setup.key}.{name}", group, label, value, unit, "lower",

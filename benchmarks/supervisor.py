@@ -16,13 +16,13 @@ Every timed pass starts from an identically filled fleet: the workload is determ
 and approvals of earlier calls are applied between decisions: untimed in a closed loop; in an
 open loop they take time from the schedule, as they would in the service.
 
-Garbage collection: the fleet is treated as the service treats its ledgers after a restore
-(``Control.restore``): one ``gc.collect()``, then ``gc.freeze()``, so that CPython's full
-collections walk only the objects made since, not the 100,000 earlier calls. Each pass starts
-after a full collection, and CPython runs the next one once the tracked objects have grown by a
-quarter. The table adds the pause of one full collection with the filled fleet, unfrozen and
-frozen, and the longest pause seen inside corral's passes; in a long run at R calls/s, each
-full collection delays about pause × R calls.
+Garbage collection: every pass runs under the service's heap policy (:mod:`corral.core.heap`):
+the filled fleet is settled (collected, then frozen) as ``Control.restore`` does, automatic
+full collections are off, and the loop settles the heap every ``SETTLE_EVERY_S`` (0.1 s) from
+the work between decisions, as the service's background task does; in an open loop, those
+pauses take time from the schedule. The table adds the pause of one full collection with the
+filled fleet, unfrozen (what the policy avoids) and frozen, and the longest collection pause
+seen inside corral's passes, settles included.
 
 The baseline, measured in the same run on the same calls: the stateless rules as Cedar
 policies through ``cedarpy`` (:mod:`benchmarks._cedar`), closed loop and open loop at the
@@ -50,7 +50,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ from benchmarks._common import Metric, Phase
 from benchmarks._open_loop import Run, closed_loop, open_loop
 from benchmarks._supervisor_load import Call, Fleet
 from benchmarks._supervisor_report import SOCKET_TARGET_MS, Setup, metrics, picture
+from corral.core import heap
 
 __all__ = ["RESULTS", "main"]
 
@@ -102,7 +103,7 @@ class _Bars:
 
 
 def _fill(setup: Setup, measured: int, bars: _Bars, why: str) -> tuple[Fleet, list[Call]]:
-    """A freshly filled fleet, its heap not yet frozen (see :func:`_freeze`)."""
+    """A freshly filled fleet, its heap not yet frozen."""
     gc.unfreeze()  # the previous fleet's objects, dropped by now, become collectable again
     bars.start(f"{setup.name}: fill {setup.earlier:,} earlier calls ({why})", setup.earlier)
     fleet, calls = _supervisor_load.prepare(setup.tenants, AGENTS, setup.earlier, measured,
@@ -111,14 +112,18 @@ def _fill(setup: Setup, measured: int, bars: _Bars, why: str) -> tuple[Fleet, li
     return fleet, calls
 
 
-def _freeze() -> float:
-    """The service's heap policy after a restore (``Control.restore``: collect, then freeze);
-    return the pause of one full collection afterwards, in ms."""
-    gc.collect()
-    gc.freeze()
-    started = time.perf_counter()
-    gc.collect()
-    return (time.perf_counter() - started) * 1e3
+class _Settling:
+    """The work between decisions, and the service's periodic :func:`corral.core.heap.settle`."""
+
+    def __init__(self, after: Callable[[Call, Any], None] | None = None) -> None:
+        self.after, self.last = after, time.perf_counter()
+
+    def __call__(self, call: Call, result: Any) -> None:
+        if self.after is not None:
+            self.after(call, result)
+        if time.perf_counter() - self.last >= heap.SETTLE_EVERY_S:
+            heap.settle()
+            self.last = time.perf_counter()
 
 
 def _traced() -> int:
@@ -158,16 +163,17 @@ def measure(setup: Setup, measured: int, bars: _Bars) -> None:
     gc.collect()
     setup.memory["full_gc_ms"] = (time.perf_counter() - started) * 1e3
     setup.memory["gc_tracked_objects_in_process"] = len(gc.get_objects())
-    setup.memory["full_gc_frozen_ms"] = _freeze()
+    heap.settle()  # as Control.restore does
+    setup.memory["full_gc_frozen_ms"] = heap.settle()
     name = setup.name
     ours = bars.timed(f"{name}: corral, closed loop", len(calls), closed_loop, calls,
-                      fleet.decide, fleet.after)  # fmt: skip
+                      fleet.decide, _Settling(fleet.after))  # fmt: skip
     policies = {tenant: s.policy for tenant, s in fleet.supervisors.items()}
     del fleet
     cedar = _cedar.CedarSupervisor(policies, [f"agent-{k}" for k in range(AGENTS)])
     setup.cedar_policies = _cedar.policy_text(next(iter(policies.values())))
     theirs = bars.timed(f"{name}: Cedar, closed loop", len(calls), closed_loop, calls,
-                        cedar.decide)  # fmt: skip
+                        cedar.decide, _Settling())  # fmt: skip
     setup.corral.append(ours)
     setup.cedar.append(theirs)
     requests = [cedar.request(call) for call in calls]
@@ -179,14 +185,14 @@ def measure(setup: Setup, measured: int, bars: _Bars) -> None:
     setup.mix = {"verdicts": dict(verdicts.most_common()), "rules_fired": dict(fired.most_common())}
     for rate in RATES:
         fleet, calls = _fill(setup, measured, bars, f"for {rate:,.0f}/s")
-        _freeze()
+        heap.settle()  # as Control.restore does
         each = f"open loop {rate:,.0f}/s"
         run = bars.timed(f"{name}: corral, {each}", len(calls), open_loop, calls, fleet.decide,
-                         rate, fleet.after)  # fmt: skip
+                         rate, _Settling(fleet.after))  # fmt: skip
         setup.corral.append(run)
         del fleet
         run = bars.timed(f"{name}: Cedar, {each}", len(calls), open_loop, calls, cedar.decide,
-                         rate)  # fmt: skip
+                         rate, _Settling())  # fmt: skip
         setup.cedar.append(run)
     for run in (*setup.corral, *setup.cedar, setup.cedar_authorize_only):
         run.results = []
@@ -232,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bars = _Bars(progress)
         bars.start("warm-up: imports, caches, phone metadata", 1)
         _supervisor_load.prepare(1, AGENTS, 2_000, 0)
-        for setup in setups:
-            measure(setup, measured, bars)
+        with heap.policy():  # the service's (corral.core.heap)
+            for setup in setups:
+                measure(setup, measured, bars)
         bars.start("through corral control's socket: 500, 2,000, 5,000 calls/s", 1)
         progress.refresh()
         socket_runs = _control_socket.through_socket(earlier, measured // 2, SOCKET_RATES)

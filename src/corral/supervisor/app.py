@@ -45,11 +45,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from corral.broker.client import BrokerRefused
+from corral.core import heap
 from corral.core.errors import CorralError, Pushback
 from corral.core.problems import problem, validation_detail
 from corral.supervisor.classifier import CallStateError, Decision, UnknownCall
 from corral.supervisor.policy import PolicyError, load_policy
-from corral.supervisor.service import Control, NoBroker, settle_heap
+from corral.supervisor.service import Control, NoBroker
 
 
 class _Body(BaseModel):
@@ -153,7 +154,6 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 PRUNE_EVERY_S = 60.0
 PRUNE_IDLE_LIMIT = 50
 """Oldest calls looked at per tenant per prune round (bounds the round's stall)."""
-FREEZE_EVERY_S = 5.0
 
 
 def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFastPath:
@@ -173,7 +173,7 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFa
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async def tick() -> None:
-            last_prune = last_freeze = time.monotonic()
+            last_prune = time.monotonic()
             while True:
                 await asyncio.sleep(reconsider_every_s)
                 await control.reconsider()
@@ -182,15 +182,19 @@ def create_app(control: Control, *, reconsider_every_s: float = 1.0) -> _CallsFa
                     # Each decision forgets a few calls; this catches the idle tenants up.
                     control.prune(limit=PRUNE_IDLE_LIMIT)
                     last_prune = now
-                if now - last_freeze > FREEZE_EVERY_S:
-                    settle_heap()
-                    last_freeze = now
 
-        task = asyncio.create_task(tick())
-        try:
-            yield
-        finally:
-            task.cancel()
+        async def settle() -> None:
+            while True:
+                await asyncio.sleep(heap.SETTLE_EVERY_S)
+                heap.settle()
+
+        with heap.policy():
+            tasks = [asyncio.create_task(tick()), asyncio.create_task(settle())]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
 
     app = FastAPI(title="corral control", version="1", lifespan=lifespan, docs_url=None)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -55,6 +54,7 @@ from corral.audit.entries import (
 )
 from corral.audit.log import Sequencer
 from corral.broker.events import to_entries
+from corral.core import heap
 from corral.core.clock import Clock
 from corral.core.errors import CorralError
 from corral.core.ids import IdSource
@@ -185,7 +185,7 @@ class Control:
         now = self.clock.now()
         for supervisor in self.tenants.values():
             supervisor.prune(now)
-        _settle_heap()
+        heap.settle()  # what was restored lives long: out of the collector's reach
         return count
 
     # ------------------------------------------------------------------ audit
@@ -559,32 +559,6 @@ def _log_failure(future: Future[Any]) -> None:
     error = future.exception()
     if error is not None:
         _log.error("supervisor ledger: pruning the store failed: %s", error)
-
-
-def settle_heap() -> None:
-    """Freeze what lives now (``gc.freeze()``, no collection: it costs nothing and stalls
-    nothing), so that CPython's full collections walk only what was made since.
-
-    Run periodically by the service. Without it, every object the ledger keeps after the
-    restore stays in the oldest generation, and each full collection walks more of them: 60 to
-    140 ms stalls, measured under load at 500 calls/s, each one a queue behind it. The cost is
-    that cyclic garbage made before a freeze is not collected any more; what the ledger forgets
-    is acyclic and is freed by reference counting all the same.
-    """
-    gc.freeze()
-
-
-def _settle_heap() -> None:
-    """Move the ledger's long-lived objects out of the cyclic garbage collector's reach.
-
-    A ledger of 100,000 calls holds a few hundred thousand objects; CPython's full collection
-    walks them all (0.4-0.55 s measured in ``benchmarks/supervisor.py``) every time the heap
-    grows by a quarter, stalling every decision behind it. After a restore and after each
-    prune, what is left is long-lived: ``gc.freeze()`` moves it to the permanent generation
-    (a full collection then took under 0.01 ms), and the next prune frees what it forgot.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _keep_until(record: CallRecord) -> datetime | None:
