@@ -162,9 +162,9 @@ def refund_daily_cap(ctx: Context) -> Hit | None:
     if cap is None or effect.currency != cap.currency:
         return None
     key = (effect.local_day, cap.currency)
-    total = ctx.ledger.refund_totals.get(key, 0)  # the day's live refunds (escrow), kept running
-    if ctx.call.admitted and ctx.call.live:
-        total -= effect.amount or 0  # this call is already counted (decided again)
+    # The day's live refunds (escrow), kept running; the call being decided is new or held,
+    # so never among them.
+    total = ctx.ledger.refund_totals.get(key, 0)
     if total + (effect.amount or 0) > cap.amount:
         today = _live_others(ctx, ctx.ledger.refunds_by_day.get(key, ()))
         return Hit("refund_daily_cap", Verdict.ESCALATE, _ids(today))
