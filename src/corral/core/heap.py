@@ -1,11 +1,11 @@
 """The garbage-collection policy of a latency-bound service with a large, long-lived heap.
 
 CPython's cyclic collector walks every tracked object of the oldest generation on each full
-collection. With 100,000 calls in the supervisor's ledgers that is 0.4-0.5 s, a stall for every
+collection. With 100,000 calls in the supervisor's ledgers that is 0.4-0.66 s, a stall for every
 decision queued behind it. ``gc.freeze()`` moves what lives now to a permanent generation that
 no collection walks; but freezing alone makes the oldest generation small, so CPython's rule
 (a full collection once it has grown by a quarter) fires every few tenths of a second, each time
-walking everything made since the freeze: 45-90 ms pauses at 2,000-5,000 decisions/s
+walking everything made since the freeze: 45-95 ms pauses at 2,000-5,000 decisions/s
 (``benchmarks/supervisor.py``).
 
 The policy: while :func:`policy` is in force, automatic full collections are off, and the
@@ -13,7 +13,7 @@ service calls :func:`settle` every :data:`SETTLE_EVERY_S`: one full collection o
 since the previous settle (everything older is frozen), then ``gc.freeze()`` of what survived.
 Each pause is then bounded by one interval's allocations: 0.6-4 ms at 5,000 decisions/s
 in-process on this 2-core machine, near zero when idle, where a full collection of the
-unfrozen ledgers took 0.4-0.6 s. The young generations are collected as usual. Settling more
+unfrozen ledgers took 0.4-0.66 s. The young generations are collected as usual. Settling more
 often is not better: every 20 ms, ``corral control``'s p50 at 500 calls/s rose from 7 to 29 ms.
 
 The cost: an object that is frozen and later dies inside a reference cycle is never freed.
